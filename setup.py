@@ -1,0 +1,42 @@
+from pathlib import Path
+
+from setuptools import setup
+
+version = {}
+for line in Path("hf_rskip/__init__.py").read_text().splitlines():
+    if line.startswith("__version__"):
+        exec(line, version)
+
+setup(
+    name="hf_rskip",
+    version=version["__version__"],
+    description="Recursive skip connections with layer normalization (Liu et al., COLING 2020) as Hugging Face models",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=["hf_rskip"],
+    package_data={"hf_rskip": ["model_card_template.md"]},
+    python_requires=">=3.10",
+    # Install a CPU build of torch first where a CUDA build is not wanted (see README).
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.24,<6",
+        "huggingface_hub>=1.0",
+        "safetensors>=0.4",
+        "numpy",
+    ],
+    extras_require={
+        "train": [
+            "accelerate>=1.10",
+            "datasets>=3.0",
+            "tokenizers>=0.21",
+            "sacrebleu>=2.4",
+            "tensorboard",
+            "matplotlib",
+            "tqdm",
+            "rich",
+            "scikit-learn",
+            "pillow",
+        ],
+        "dev": ["pytest>=8", "pytest-xdist", "sentencepiece"],
+    },
+)
