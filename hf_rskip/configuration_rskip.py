@@ -11,6 +11,25 @@ from transformers.models.marian.configuration_marian import MarianConfig
 from .residual import TEXT_NORMS, check_learn_lambda, check_residual_options, normalize_skip_lambda
 
 
+#: Named sizes (transformer fields only); `RSkipConfig.from_preset(name, **overrides)` builds one.
+TEXT_PRESETS: dict[str, dict[str, Any]] = {
+    # For tests and the built-in demo task.
+    "tiny": dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                 decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256),
+    # Multi30k-sized runs on a CPU.
+    "small": dict(d_model=256, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024),
+    # fairseq's transformer_iwslt_de_en, the usual IWSLT'14/'15 size.
+    "iwslt": dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024, dropout=0.3),
+    # Vaswani et al. base and big, the WMT'14 EN-DE sizes.
+    "base": dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
+                 decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048, dropout=0.1),
+    "big": dict(d_model=1024, encoder_layers=6, decoder_layers=6, encoder_attention_heads=16,
+                decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096, dropout=0.3),
+}
+
+
 # Differs from MarianConfig only by the residual options below (and their validation); every Marian
 # field keeps its name and default, so a Marian config converts field by field.
 @strict(accept_kwargs=True)
@@ -95,6 +114,13 @@ class RSkipConfig(MarianConfig):
         if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
             raise ValueError(f"layer_norm_eps={self.layer_norm_eps!r} must be a number > 0")
 
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "RSkipConfig":
+        """Builds a config from a named size in `TEXT_PRESETS` (ReLU FFN as in Vaswani et al.); overrides win."""
+        if name not in TEXT_PRESETS:
+            raise ValueError(f"preset={name!r} is unknown; accepted: {sorted(TEXT_PRESETS)}")
+        return cls(**{**TEXT_PRESETS[name], "activation_function": "relu", **overrides})
+
     def validate_rskip(self):
         """Part of `@strict` validation (also run by `save_pretrained`): the options may have been edited."""
         self._check_rskip_options()
@@ -104,4 +130,4 @@ class RSkipConfig(MarianConfig):
             raise ValueError(f"skip_lambda={self.skip_lambda!r} does not fit residual_scheme={self.residual_scheme!r}")
 
 
-__all__ = ["RSkipConfig"]
+__all__ = ["RSkipConfig", "TEXT_PRESETS"]
