@@ -1,6 +1,34 @@
-"""hf_rskip: the residual schemes of Liu et al. (COLING 2020) as Hugging Face Transformers models."""
+"""hf_rskip: the residual schemes of Liu et al. (COLING 2020) as Hugging Face Transformers models.
 
-from .configuration_rskip import RSkipConfig
-from .residual import RESIDUAL_SCHEMES
+Importing the package registers its configs and models with the transformers Auto classes (and for
+`save_pretrained`, with `register_for_auto_class`, so saved folders load with `trust_remote_code=True`
+where this package is not installed) and the `"rskip-translation"` pipeline task.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+
+from .configuration_rskip import TEXT_PRESETS, RSkipConfig
+from .modeling_rskip import RSkipForConditionalGeneration, RSkipModel, RSkipPreTrainedModel
+from .pipeline import RSkipTranslationPipeline
+from .residual import RESIDUAL_SCHEMES, build_final_norm, build_residual
 
 __version__ = "0.1.0"
+
+AutoConfig.register(RSkipConfig.model_type, RSkipConfig, exist_ok=True)
+AutoModel.register(RSkipConfig, RSkipModel, exist_ok=True)
+AutoModelForSeq2SeqLM.register(RSkipConfig, RSkipForConditionalGeneration, exist_ok=True)
+RSkipConfig.register_for_auto_class()
+RSkipModel.register_for_auto_class("AutoModel")
+RSkipForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+
+__all__ = [
+    "RESIDUAL_SCHEMES",
+    "TEXT_PRESETS",
+    "RSkipConfig",
+    "RSkipModel",
+    "RSkipPreTrainedModel",
+    "RSkipForConditionalGeneration",
+    "RSkipTranslationPipeline",
+    "build_residual",
+    "build_final_norm",
+]
