@@ -1,0 +1,66 @@
+"""Tests for hf_rskip.modelcard: template lookup, metadata with a model-index, rendering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from hf_rskip.modelcard import TEMPLATES_ENV, find_template, translation_eval_results, write_model_card
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_translation_template_is_found_from_the_source_checkout() -> None:
+    assert find_template("translation.md") == REPO / "model_cards" / "translation.md"
+
+
+def test_env_folder_wins_and_missing_template_names_the_searched_folders(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "translation.md").write_text("---\n{{ card_data }}\n---\nmine {{ x }}\n")
+    monkeypatch.setenv(TEMPLATES_ENV, str(tmp_path))
+    assert find_template("translation.md") == tmp_path / "translation.md"
+    with pytest.raises(FileNotFoundError, match=r"'nope.md' not found; searched: .*model_cards"):
+        find_template("nope.md")
+
+
+def test_generic_card_has_model_index_and_rendered_body(tmp_path: Path) -> None:
+    template = tmp_path / "t.md"
+    template.write_text("---\n{{ card_data }}\n---\n# {{ model_name }}\nscheme {{ scheme }}\n")
+    card = write_model_card(
+        tmp_path / "out",
+        template_name=str(template),
+        card_data_kwargs={"model_name": "demo", "license": "apache-2.0", "tags": ["rskip"]},
+        eval_results=[
+            {"task_type": "image-classification", "dataset_type": "cifar10", "dataset_name": "CIFAR-10",
+             "metric_type": "accuracy", "metric_value": 0.91},
+            {"task_type": "image-classification", "dataset_type": "cifar10", "dataset_name": "CIFAR-10",
+             "metric_type": "loss", "metric_value": None},  # not measured → left out
+        ],
+        scheme="rskip_ln",
+    )
+    loaded = ModelCard.load(tmp_path / "out" / "README.md")
+    assert loaded.data.license == "apache-2.0"
+    assert [(r.metric_type, r.metric_value) for r in loaded.data.eval_results] == [("accuracy", 0.91)]
+    assert "# demo\nscheme rskip_ln" in loaded.text
+    assert card.data.model_name == "demo"
+    with pytest.raises(ValueError, match="model_name"):
+        write_model_card(tmp_path / "o2", template_name=str(template), card_data_kwargs={},
+                         eval_results=[{"task_type": "t", "dataset_type": "d", "dataset_name": "D",
+                                        "metric_type": "m", "metric_value": 1.0}])
+
+
+def test_translation_eval_results_carry_bleu_chrf_and_signatures() -> None:
+    results = {
+        "eval_bleu": 30.123, "eval_chrf": 55.0, "eval_bleu_signature": "nrefs:1|tok:13a",
+        "test_bleu": 28.5, "test_chrf": 53.25, "test_bleu_signature": "nrefs:1|tok:13a",
+        "test_chrf_signature": "nrefs:1|nc:6", "test_split_name": "test_2016_flickr",
+    }
+    entries = translation_eval_results(results, dataset_type="bentrevett/multi30k", dataset_name="Multi30k",
+                                       source_lang="en", target_lang="de")
+    assert [(e["dataset_split"], e["metric_type"], e["metric_value"]) for e in entries] == [
+        ("validation", "sacrebleu", 30.12), ("validation", "chrf", 55.0),
+        ("test_2016_flickr", "sacrebleu", 28.5), ("test_2016_flickr", "chrf", 53.25),
+    ]
+    assert entries[2]["metric_config"] == "nrefs:1|tok:13a"
+    assert translation_eval_results({}, dataset_type="d", dataset_name="D", source_lang="a", target_lang="b") == []
