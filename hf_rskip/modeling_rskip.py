@@ -181,6 +181,20 @@ class RSkipPreTrainedModel(PreTrainedModel):
         elif isinstance(module, Residual) and isinstance(module.skip_lambda, nn.Parameter):
             init.constant_(module.skip_lambda, float(self.config.skip_lambda))
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """`PreTrainedModel.save_pretrained`, with an `auto_map` that names both Auto classes.
+
+        transformers writes only the saved class's own Auto entry; naming both lets `AutoModel` and
+        `AutoModelForSeq2SeqLM` load the folder with `trust_remote_code=True` where this package is absent.
+        """
+        if self._auto_class is not None:
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": "modeling_rskip.RSkipModel",
+                "AutoModelForSeq2SeqLM": "modeling_rskip.RSkipForConditionalGeneration",
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @property
     def dummy_inputs(self) -> dict[str, torch.Tensor]:
         pad = self.config.pad_token_id

@@ -89,6 +89,15 @@ class TestEveryScheme:
             steps.append(out.logits)
         torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-5)
 
+    def test_sampling_with_cache_equals_without(self, scheme, lam):
+        model = make_model(scheme, lam)
+        inputs = {k: v for k, v in batch().items() if k != "labels"}
+        runs = []
+        for use_cache in (True, False):
+            torch.manual_seed(123)
+            runs.append(model.generate(**inputs, do_sample=True, top_k=20, max_new_tokens=8, use_cache=use_cache))
+        assert torch.equal(*runs)
+
     def test_sdpa_equals_eager(self, scheme, lam):
         sdpa = make_model(scheme, lam, attn="sdpa")
         eager = make_model(scheme, lam, attn="eager")
@@ -178,6 +187,7 @@ def test_saved_folder_has_safetensors_generation_config_and_remote_code(tmp_path
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_rskip.RSkipConfig",
+        "AutoModel": "modeling_rskip.RSkipModel",
         "AutoModelForSeq2SeqLM": "modeling_rskip.RSkipForConditionalGeneration",
     }
 
@@ -272,6 +282,9 @@ def test_remote_code_load_without_the_package(tmp_path):
         out = model.generate(input_ids=io["inputs"]["input_ids"], attention_mask=io["inputs"]["attention_mask"],
                              num_beams=3, max_new_tokens=8)
         assert torch.equal(out, io["expected"]), (out, io["expected"])
+        from transformers import AutoModel
+        bare = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        assert type(bare).__name__ == "RSkipModel"
         print("REMOTE_OK", type(model).__name__)
         """
     )
