@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import math
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -201,6 +200,7 @@ def load_translation_datasets(
     test_file: str | None = None,
     cache_dir: str | None = None,
     revision: str | None = None,
+    data_dir: str | None = None,
 ) -> datasets.DatasetDict:
     """Loads translation splits from the Hub and/or local files.
 
@@ -215,6 +215,7 @@ def load_translation_datasets(
         test_file: a local test split; replaces the Hub's test split if both are given.
         cache_dir: where ``datasets`` caches Hub downloads.
         revision: the Hub revision (branch, tag or commit) of ``dataset_name``.
+        data_dir: a folder inside the Hub repository to read (``datasets.load_dataset``'s ``data_dir``).
 
     Returns:
         A ``DatasetDict`` with some of the splits ``"train"``, ``"validation"``, ``"test"`` (Hub names such as
@@ -232,7 +233,8 @@ def load_translation_datasets(
         raise DataError(f"source_lang and target_lang are both {source_lang!r}; they must differ")
     splits: dict[str, datasets.Dataset] = {}
     if dataset_name is not None:
-        hub = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, revision=revision)
+        hub = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, revision=revision,
+                                    data_dir=data_dir)
         renamed: dict[str, str] = {}
         for split in hub:
             canonical = _SPLIT_ALIASES.get(str(split).lower())
@@ -267,10 +269,12 @@ SHARED_DATA_DIR: Path = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASET_RECIPES: dict[str, dict[str, Any]] = {
     "iwslt15_en_vi": {
         "dataset_name": "IWSLT/mt_eng_vietnamese",
-        "dataset_config_name": "iwslt2015-en-vi",
-        # The repository holds only a loading script, which datasets >= 4 no longer runs; the Hub's
-        # automatic Parquet conversion of it lives on this branch.
+        # The repository's main branch holds only a loading script (config "iwslt2015-en-vi"), which
+        # datasets >= 4 no longer runs; the Hub's automatic Parquet export of it lives on the branch below,
+        # one folder per config. (Not verified from here: the Hub is unreachable in this project's CI.)
+        "dataset_config_name": None,
         "revision": "refs/convert/parquet",
+        "data_dir": "iwslt2015-en-vi",
         "source_lang": "en",
         "target_lang": "vi",
         # The Hub's validation split is tst2013 again (the loading script's bug: it never reads
@@ -330,7 +334,7 @@ DATASET_RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 
-_LOADER_KEYS = ("source_lang", "target_lang", "dataset_name", "dataset_config_name", "revision",
+_LOADER_KEYS = ("source_lang", "target_lang", "dataset_name", "dataset_config_name", "revision", "data_dir",
                 "train_file", "validation_file", "test_file")
 
 
@@ -540,10 +544,14 @@ def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
 class TokenBatchSampler(Sampler[list[int]]):
     """Batches of example indices whose padded size (longest length × batch size) fits ``max_tokens``.
 
-    Built as fairseq does: when shuffling, the indices are permuted, cut into buckets of about
-    ``bucket_size_multiplier`` batches, each bucket sorted by length (so batches waste little padding yet
-    vary between epochs); the buckets are cut greedily into batches and the batch order is shuffled. Without
-    shuffling, all indices are sorted by length (ties by index) and batches come shortest first.
+    Built as fairseq does. When shuffling: the indices are permuted (by ``seed``), cut into buckets of about
+    ``bucket_size_multiplier`` batches, each bucket is sorted by length (so a batch wastes little padding)
+    and cut greedily into batches; every epoch then visits these batches in its own order (by ``seed`` and
+    the epoch). As in fairseq the batches themselves stay the same across epochs, so ``len()`` is the same
+    every epoch (a schedule's total steps and a resume's position are exact); ``rebucket_each_epoch=True``
+    redraws the buckets every epoch instead (more varied batches, but ``len()`` may then change by a few
+    batches from epoch to epoch). Without shuffling, all indices are sorted by length (ties by index) and
+    batches come shortest first, for evaluation.
 
     An example longer than ``max_tokens`` gets a batch of its own rather than an error, so a training run
     never stops on one long line (truncate in :func:`tokenize_pairs` to bound it); ``num_oversized`` counts them.
@@ -556,13 +564,14 @@ class TokenBatchSampler(Sampler[list[int]]):
     Args:
         lengths: per example, the length to pack by (see :func:`token_lengths`).
         max_tokens: the most tokens (padding included) a batch may hold.
-        shuffle: shuffle buckets and batch order each epoch (training) or not (evaluation).
+        shuffle: shuffle (training) or not (evaluation).
         seed: the seed of the shuffle.
         bucket_size_multiplier: a bucket holds about this many batches' worth of examples.
+        rebucket_each_epoch: redraw the buckets (hence the batches) every epoch, not only their order.
     """
 
     def __init__(self, lengths: Sequence[int], max_tokens: int, *, shuffle: bool = True, seed: int = 0,
-                 bucket_size_multiplier: int = 100) -> None:
+                 bucket_size_multiplier: int = 100, rebucket_each_epoch: bool = False) -> None:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise DataError(f"max_tokens={max_tokens!r} must be an integer >= 1")
         if isinstance(bucket_size_multiplier, bool) or not isinstance(bucket_size_multiplier, int) \
@@ -575,10 +584,12 @@ class TokenBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.seed = seed
         self.bucket_size_multiplier = bucket_size_multiplier
+        self.rebucket_each_epoch = rebucket_each_epoch
         self.epoch = 0
         self.num_oversized = int((self.lengths > max_tokens).sum())
         # accelerate reaches a sharded batch sampler's epoch through `batch_sampler.batch_sampler.sampler`.
         self.sampler = self
+        self._fixed: list[list[int]] | None = None
         self._cache: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -599,24 +610,34 @@ class TokenBatchSampler(Sampler[list[int]]):
             batches.append(batch)
         return batches
 
+    def _bucketed(self, rng: np.random.Generator) -> list[list[int]]:
+        permutation = rng.permutation(len(self.lengths))
+        mean_length = float(self.lengths.mean()) if len(self.lengths) else 1.0
+        bucket = self.bucket_size_multiplier * max(1, int(self.max_tokens // mean_length))
+        batches = []
+        for start in range(0, len(permutation), bucket):
+            chunk = permutation[start:start + bucket]
+            # a stable sort: equal lengths keep their random order
+            batches.extend(self._pack(chunk[np.argsort(self.lengths[chunk], kind="stable")]))
+        return batches
+
     def batches(self, epoch: int | None = None) -> list[list[int]]:
         """The batches of an epoch (default: the current one), in iteration order."""
-        epoch = self.epoch if epoch is None else epoch
+        epoch = self.epoch if epoch is None else int(epoch)
+        if not self.shuffle:
+            if self._fixed is None:
+                self._fixed = self._pack(np.lexsort((np.arange(len(self.lengths)), self.lengths)))
+            return self._fixed
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
-        if not self.shuffle:
-            batches = self._pack(np.lexsort((np.arange(len(self.lengths)), self.lengths)))
-        else:
+        if self.rebucket_each_epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            permutation = rng.permutation(len(self.lengths))
-            mean_length = float(self.lengths.mean()) if len(self.lengths) else 1.0
-            bucket = max(1, self.bucket_size_multiplier * max(1, int(self.max_tokens // mean_length)))
-            batches = []
-            for start in range(0, len(permutation), bucket):
-                chunk = permutation[start:start + bucket]
-                # stable sort: equal lengths keep their random order
-                batches.extend(self._pack(chunk[np.argsort(self.lengths[chunk], kind="stable")]))
-            batches = [batches[i] for i in rng.permutation(len(batches))]
+            batches = self._bucketed(rng)
+        else:
+            if self._fixed is None:
+                self._fixed = self._bucketed(np.random.default_rng([self.seed]))
+            batches, rng = self._fixed, np.random.default_rng([self.seed, epoch])
+        batches = [batches[i] for i in rng.permutation(len(batches))]
         self._cache = (epoch, batches)
         return batches
 

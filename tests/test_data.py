@@ -151,7 +151,7 @@ def test_hub_path_normalizes_splits_and_columns(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: calls.append((args, kwargs)) or hub)
     loaded = load_translation_datasets(source_lang="de", target_lang="en", dataset_name="me/set",
                                        dataset_config_name="cfg", cache_dir=str(tmp_path), revision="r1")
-    assert calls == [(("me/set", "cfg"), {"cache_dir": str(tmp_path), "revision": "r1"})]
+    assert calls == [(("me/set", "cfg"), {"cache_dir": str(tmp_path), "revision": "r1", "data_dir": None})]
     assert list(loaded) == ["train", "validation", "test"]
     assert loaded["validation"].column_names == ["translation"]
     assert loaded["test"][0] == {"translation": {"de": "y", "en": "b"}}
@@ -328,10 +328,11 @@ def random_lengths(n: int = 600, seed: int = 0) -> list[int]:
     return [rng.randint(1, 60) for _ in range(n)]
 
 
-@pytest.mark.parametrize("shuffle", [True, False])
-def test_sampler_fits_max_tokens_and_covers_every_index_once(shuffle):
+@pytest.mark.parametrize("shuffle, rebucket", [(True, False), (True, True), (False, False)])
+def test_sampler_fits_max_tokens_and_covers_every_index_once(shuffle, rebucket):
     lengths = random_lengths() + [500]  # one example longer than max_tokens
-    sampler = TokenBatchSampler(lengths, 256, shuffle=shuffle, seed=1, bucket_size_multiplier=5)
+    sampler = TokenBatchSampler(lengths, 256, shuffle=shuffle, seed=1, bucket_size_multiplier=5,
+                                rebucket_each_epoch=rebucket)
     assert sampler.num_oversized == 1
     for epoch in range(3):
         sampler.set_epoch(epoch)
@@ -356,10 +357,21 @@ def test_sampler_deterministic_per_seed_and_epoch():
     assert list(a) == list(b)
     a.set_epoch(4)
     assert list(a) != list(b)
+    # by default (fairseq) an epoch reorders the same batches, so len() never changes
+    assert sorted(a) == sorted(b) and len(a) == len(b)
     assert list(TokenBatchSampler(lengths, 300, seed=8)) != list(TokenBatchSampler(lengths, 300, seed=7))
     # batches are nearly uniform in length (little padding), thanks to sorting within buckets
     padded = sum(max(lengths[i] for i in batch) * len(batch) for batch in a)
     assert padded < 1.15 * sum(lengths)
+
+
+def test_sampler_rebucketing_changes_batches():
+    lengths = random_lengths()
+    sampler = TokenBatchSampler(lengths, 300, seed=7, bucket_size_multiplier=3, rebucket_each_epoch=True)
+    first = sorted(sampler.batches(0))
+    assert first != sorted(sampler.batches(1))
+    assert first == sorted(TokenBatchSampler(lengths, 300, seed=7, bucket_size_multiplier=3,
+                                             rebucket_each_epoch=True).batches(0))
 
 
 def test_sampler_errors():
