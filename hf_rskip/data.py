@@ -261,6 +261,16 @@ def load_translation_datasets(
 # Where the read-only copies of the public test sets live beside this checkout (see ../shared/data/README.md).
 SHARED_DATA_DIR: Path = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+
+def _staged(prefix: str, lang: str) -> str | None:
+    """The prefix of a staged copy under ``SHARED_DATA_DIR`` if it is there (an installed package has none)."""
+    path = str(SHARED_DATA_DIR / prefix)
+    try:
+        _find_side(path, lang)
+    except DataError:
+        return None
+    return path
+
 #: Named datasets with conventional hyperparameters for them. Hub entries give ``dataset_name``,
 #: ``dataset_config_name`` (and ``revision`` where the default branch no longer loads); ``local_*``
 #: entries give file prefixes under ``SHARED_DATA_DIR`` for :func:`load_translation_datasets`.
@@ -278,8 +288,9 @@ DATASET_RECIPES: dict[str, dict[str, Any]] = {
         "source_lang": "en",
         "target_lang": "vi",
         # The Hub's validation split is tst2013 again (the loading script's bug: it never reads
-        # tst2012), i.e. the test set. Use Stanford's tst2012 for validation instead.
-        "validation_file": str(SHARED_DATA_DIR / "iwslt15_en_vi" / "tst2012"),
+        # tst2012), i.e. the test set. Stanford's tst2012 replaces it where a copy is staged; elsewhere
+        # pass validation_file=<prefix of tst2012.en/.vi> to load_recipe, or selection happens on the test set.
+        "validation_file": _staged("iwslt15_en_vi/tst2012", "en"),
         "notes": "Stanford's Moses-tokenized text: report tokenized BLEU (sacrebleu tokenize='none').",
         "hparams": dict(preset="iwslt", max_tokens=4096, learning_rate=5e-4, lr_scheduler="inverse_sqrt",
                         warmup_steps=4000, adam_betas=(0.9, 0.98), weight_decay=1e-4, label_smoothing=0.1,
@@ -362,6 +373,9 @@ def load_recipe(name: str, *, cache_dir: str | None = None, **overrides: Any) ->
     recipe = DATASET_RECIPES[name]
     kwargs = {key: recipe[key] for key in _LOADER_KEYS if key in recipe}
     kwargs.update(overrides)
+    if name == "iwslt15_en_vi" and kwargs.get("dataset_name") and not kwargs.get("validation_file"):
+        logger.warning("%s: the Hub's validation split is the test set (tst2013); pass validation_file=<tst2012 "
+                       "prefix> to select models on held-out data", name)
     return load_translation_datasets(cache_dir=cache_dir, **kwargs)
 
 
@@ -949,6 +963,12 @@ def builtin_translation_task(
     :func:`reference_translate` into an invented language with verb-final order, postpositions, noun-adjective
     order, agreement suffixes and composed numbers. Every sentence occurs once in the whole task, so no test
     sentence is seen in training. Source language ``"en"``, target ``"xx"``.
+
+    How learnable (one seed, measured on a GPU; the curve is per optimizer step, so it carries over to a CPU):
+    20,000 training pairs, a joint BPE of 1,000, post-LN d_model 64 with 2+2 layers, 2,048-token batches,
+    lr 3e-3 with 300 warm-up steps, no label smoothing: greedy test BLEU 0.3 after 750 steps, 7 after 1,000,
+    37 after 1,250, 68 after 1,500. At lr 2e-3: 2 after 1,000, 35 after 1,500, 92 after 2,000. Learning is a
+    sudden transition once the reordering is found, so stop no earlier than about 1,500 steps.
 
     Args:
         num_train: training pairs.

@@ -228,11 +228,27 @@ def test_recipes_are_complete():
         load_recipe("local_multi30k_en_de", batch=3)
 
 
+def test_hub_recipe_wiring(monkeypatch):
+    # What load_recipe asks of datasets.load_dataset for the paper's IWSLT'15 recipe (the Hub is unreachable here).
+    features = datasets.Features({"translation": datasets.Translation(languages=["en", "vi"])})
+    tst2013 = datasets.Dataset.from_dict({"translation": [{"en": "a", "vi": "b"}]}, features=features)
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or datasets.DatasetDict(
+        {"train": tst2013, "validation": tst2013, "test": tst2013}))
+    loaded = load_recipe("iwslt15_en_vi")
+    assert calls == [(("IWSLT/mt_eng_vietnamese", None),
+                      {"cache_dir": None, "revision": "refs/convert/parquet", "data_dir": "iwslt2015-en-vi"})]
+    if (SHARED_DATA / "iwslt15_en_vi" / "tst2012.en").is_file():  # the Hub's validation split is its test set
+        assert len(loaded["validation"]) == 1553
+    else:
+        assert DATASET_RECIPES["iwslt15_en_vi"]["validation_file"] is None
+
+
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data absent")
 def test_local_recipe_paths_exist():
     for name, recipe in DATASET_RECIPES.items():
         for key in ("train_file", "validation_file", "test_file"):
-            if key in recipe:
+            if recipe.get(key) is not None:
                 prefix = recipe[key]
                 for lang in (recipe["source_lang"], recipe["target_lang"]):
                     assert Path(f"{prefix}.{lang}").is_file() or Path(f"{prefix}.{lang}.gz").is_file(), (name, key)
