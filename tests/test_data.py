@@ -173,6 +173,14 @@ def test_hub_translation_column_languages_checked(monkeypatch):
     assert loaded["train"][0] == {"translation": {"de": "x", "en": "a"}}
     with pytest.raises(DataError, match=r"no language 'fr'; it has \['de', 'en'\]"):
         load_translation_datasets(source_lang="fr", target_lang="de", dataset_name="wmt/wmt14")
+    # a translation dict with more languages keeps only the pair
+    features = datasets.Features({"translation": datasets.Translation(languages=["de", "en", "fr"])})
+    three = datasets.Dataset.from_dict({"translation": [{"de": "x", "en": "a", "fr": "u"}], "id": [0]},
+                                       features=datasets.Features({**features, "id": datasets.Value("int64")}))
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.DatasetDict({"test": three}))
+    loaded = load_translation_datasets(source_lang="fr", target_lang="en", dataset_name="x")
+    assert loaded["test"].column_names == ["translation"]
+    assert loaded["test"][0] == {"translation": {"en": "a", "fr": "u"}}
     clash = datasets.DatasetDict({"valid": split, "validation": split})
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: clash)
     with pytest.raises(DataError, match="both mean 'validation'"):
