@@ -9,6 +9,7 @@ need no torchvision. The image processor saved beside a model applies the same r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,7 @@ def load_npz_split(path: str | Path, image_key: str, label_key: str, *, image_si
             f"{path}: {len(images)} images under {image_key!r} but {len(labels)} labels under {label_key!r}; "
             "every image needs one label"
         )
-    return ImageSplit(resize_images(images, image_size), labels, str(path))
+    return ImageSplit(resize_images(images, image_size), labels, f"{path} [{image_key}, {label_key}]")
 
 
 def _read_image(path: Path, image_size: int | None) -> np.ndarray:
@@ -245,7 +246,10 @@ def train_eval_split(split: ImageSplit, eval_fraction: float, *, seed: int = 0) 
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval fraction={eval_fraction!r} must be in (0, 1)")
     counts = np.bincount(split.labels)
-    stratify = split.labels if counts[counts > 0].min() >= 2 else None
+    classes = int((counts > 0).sum())
+    n_eval = math.ceil(eval_fraction * len(split))
+    # stratify where every class can appear on both sides (scikit-learn refuses otherwise)
+    stratify = split.labels if counts[counts > 0].min() >= 2 and classes <= min(n_eval, len(split) - n_eval) else None
     train_idx, eval_idx = train_test_split(
         np.arange(len(split)), test_size=eval_fraction, random_state=seed, stratify=stratify
     )
