@@ -421,7 +421,27 @@ def clean_pairs(
         return bool(pair[source_lang].strip()) and bool(pair[target_lang].strip())
 
     if isinstance(rows, datasets.Dataset):
-        kept = rows.filter(keep, desc="dropping empty pairs").map(strip, desc="stripping")
+        nested = "translation" in rows.column_names
+        present = (_languages_of(rows) or []) if nested else rows.column_names
+        for lang in (source_lang, target_lang):
+            if lang not in present:
+                raise DataError(f"dataset has no language {lang!r}; it has {present}")
+
+        def pairs_of(batch: dict[str, list]) -> list[Mapping[str, str]]:
+            if nested:
+                return batch["translation"]
+            return [{source_lang: s, target_lang: t} for s, t in zip(batch[source_lang], batch[target_lang])]
+
+        def strip_batch(batch: dict[str, list]) -> dict[str, list]:
+            stripped = [strip(pair) for pair in pairs_of(batch)]
+            if nested:
+                return {"translation": stripped}
+            return {lang: [pair[lang] for pair in stripped] for lang in (source_lang, target_lang)}
+
+        # batched: a Hub training set can hold millions of rows
+        kept = rows.filter(lambda batch: [keep(pair) for pair in pairs_of(batch)], batched=True,
+                           desc="dropping empty pairs")
+        kept = kept.map(strip_batch, batched=True, features=rows.features, desc="stripping")
         return kept, {"dropped_empty": len(rows) - len(kept)}
     rows = list(rows)
     for number, row in enumerate(rows):
@@ -445,7 +465,7 @@ def tokenize_pairs(
 
     Args:
         dataset: rows ``{"translation": {source_lang: str, target_lang: str}}``.
-        tokenizer: a fast tokenizer (e.g. from :func:`train_tokenizer`) that appends ``</s>``.
+        tokenizer: a tokenizer that appends ``</s>`` (e.g. from :func:`train_tokenizer`, or Marian's).
         source_lang: the source language key.
         target_lang: the target language key.
         max_source_length: longer sources are cut to this many tokens (``</s>`` included).
@@ -470,14 +490,18 @@ def tokenize_pairs(
         model_inputs = tokenizer(sources, truncation=True, max_length=max_source_length)
         labels = tokenizer(text_target=targets, truncation=True, max_length=max_target_length)
         model_inputs["labels"] = labels["input_ids"]
-        # A fast tokenizer keeps what truncation cut off in `overflowing`, so counting costs no second pass.
-        model_inputs["truncated"] = [
-            bool(s.overflowing) or bool(t.overflowing) for s, t in zip(model_inputs.encodings, labels.encodings)
-        ]
+        if model_inputs.encodings is not None and labels.encodings is not None:
+            # A fast tokenizer keeps what truncation cut off in `overflowing`: counting costs no second pass.
+            truncated = [bool(s.overflowing) or bool(t.overflowing)
+                         for s, t in zip(model_inputs.encodings, labels.encodings)]
+        else:  # e.g. MarianTokenizer (SentencePiece, Python): measure the untruncated lengths
+            full_sources = tokenizer(sources)["input_ids"]
+            full_targets = tokenizer(text_target=targets)["input_ids"]
+            truncated = [len(s) > max_source_length or len(t) > max_target_length
+                         for s, t in zip(full_sources, full_targets)]
+        model_inputs["truncated"] = truncated
         return dict(model_inputs)
 
-    if not getattr(tokenizer, "is_fast", False):
-        raise DataError(f"tokenizer {type(tokenizer).__name__} is not a fast tokenizer; truncation cannot be counted")
     tokenized = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
     truncated = int(sum(tokenized["truncated"]))
     return tokenized.remove_columns("truncated"), {"truncated": truncated}

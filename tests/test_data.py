@@ -272,8 +272,14 @@ def test_clean_pairs_lists_and_datasets():
     nested = [{"translation": row} for row in flat]
     kept, counts = clean_pairs(nested, "en", "de")
     assert kept == [{"translation": {"en": "a", "de": "b"}}, {"translation": {"en": "d", "de": "e"}}]
-    kept, counts = clean_pairs(datasets.Dataset.from_list(nested), "en", "de")
+    features = datasets.Features({"translation": datasets.Translation(languages=["en", "de"])})
+    kept, counts = clean_pairs(datasets.Dataset.from_list(nested, features=features), "en", "de")
     assert kept["translation"] == [{"en": "a", "de": "b"}, {"en": "d", "de": "e"}] and counts == {"dropped_empty": 2}
+    assert kept.features == features
+    kept, counts = clean_pairs(datasets.Dataset.from_list(flat), "en", "de")
+    assert kept.to_list() == [{"en": "a", "de": "b"}, {"en": "d", "de": "e"}] and counts == {"dropped_empty": 2}
+    with pytest.raises(DataError, match=r"dataset has no language 'fr'; it has \['en', 'de'\]"):
+        clean_pairs(datasets.Dataset.from_list(nested, features=features), "fr", "de")
     with pytest.raises(DataError, match="row 0 has no language 'fr'"):
         clean_pairs(flat, "fr", "de")
 
@@ -342,6 +348,29 @@ def test_tokenize_pairs_counts_truncation(tokenizer, task):
     assert counts == {"truncated": 0}
     with pytest.raises(DataError, match="no language 'de'"):
         tokenize_pairs(subset, tokenizer, "en", "de", 8, 8)
+
+
+def test_tokenize_pairs_with_a_sentencepiece_marian_tokenizer(task, tmp_path):
+    # A converted Marian checkpoint brings MarianTokenizer (SentencePiece, not a fast tokenizer).
+    spm = pytest.importorskip("sentencepiece")
+    from transformers import MarianTokenizer
+
+    texts = [text for pair in task["train"]["translation"][:1000] for text in pair.values()]
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=str(tmp_path / "spm"), vocab_size=400,
+                                   model_type="unigram", pad_id=-1, eos_id=0, unk_id=1, bos_id=-1,
+                                   minloglevel=2)
+    processor = spm.SentencePieceProcessor(model_file=str(tmp_path / "spm.model"))
+    vocab = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
+    vocab["<pad>"] = len(vocab)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = MarianTokenizer(str(tmp_path / "spm.model"), str(tmp_path / "spm.model"), str(tmp_path / "vocab.json"))
+    assert not getattr(tokenizer, "is_fast", False)
+    subset = task["validation"]
+    tokenized, counts = tokenize_pairs(subset, tokenizer, "en", "xx", max_source_length=8, max_target_length=12)
+    full = [(len(tokenizer(p["en"]).input_ids), len(tokenizer(text_target=p["xx"]).input_ids))
+            for p in subset["translation"]]
+    assert counts == {"truncated": sum(s > 8 or t > 12 for s, t in full)} and counts["truncated"] > 0
+    assert [len(ids) for ids in tokenized["labels"]] == [min(t, 12) for _, t in full]
 
 
 # ------------------------------------------------------------------------------------------- sampler
