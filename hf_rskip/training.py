@@ -496,6 +496,9 @@ def check_translation_args(args: Any) -> None:
         value = getattr(args, name)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise _arg_error(name, f"{value!r} must be an integer >= 1")
+    if args.max_length_a < 0 or args.max_length_b < 0 or args.max_length_a == args.max_length_b == 0:
+        raise _arg_error("max_length_a", f"{args.max_length_a} and --max_length_b {args.max_length_b} must be >= 0 "
+                                         "and not both 0")
     if args.learning_rate <= 0:
         raise _arg_error("learning_rate", f"{args.learning_rate!r} must be > 0")
     if not 0.0 <= args.label_smoothing < 1.0:
@@ -529,6 +532,8 @@ def check_translation_args(args: Any) -> None:
         changed = [f for f in _SIZE_FIELDS if getattr(args, f) is not None]
         if changed:
             raise _arg_error(changed[0], "size arguments build a fresh model; they cannot change --model_name_or_path")
+    else:  # the model's options are checked now, not after the data and the tokenizer are ready
+        _fresh_config(args, dict(pad_token_id=2, eos_token_id=0, decoder_start_token_id=2, vocab_size=8))
 
 
 def _load_raw_data(args: Any) -> tuple[Any, str, str, dict[str, Any]]:
@@ -622,25 +627,30 @@ def _build_model(args: Any, tokenizer: Any) -> Any:
             raise _arg_error("tokenizer_name", f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary "
                              f"has {model.config.vocab_size}")
         return model
-    sizes = {k: getattr(args, k) for k in _SIZE_FIELDS if getattr(args, k) is not None}
-    try:
-        config = _fresh_config(args, tokenizer, sizes, scheme_overrides, dropout_overrides)
-    except ValueError as err:  # RSkipConfig names the bad field; the options carry the same names
-        raise TranslationArgumentError(f"--{str(err).split('=')[0]}: {err}") from None
-    return RSkipForConditionalGeneration(config)
-
-
-def _fresh_config(args: Any, tokenizer: Any, sizes: dict[str, int], scheme_overrides: dict[str, Any],
-                  dropout_overrides: dict[str, float]) -> Any:
-    from . import RSkipConfig
     from .data import special_token_ids
 
-    return RSkipConfig.from_preset(
-        args.preset, **sizes, **special_token_ids(tokenizer),
-        **{"residual_scheme": "rskip_ln", "skip_lambda": 2, **scheme_overrides}, **dropout_overrides,
-        # Embeddings scaled by sqrt(d_model), as in Vaswani et al. and Marian's released models.
-        scale_embedding=True, max_position_embeddings=max(512, args.max_source_length, args.max_target_length),
-    )
+    return RSkipForConditionalGeneration(_fresh_config(args, special_token_ids(tokenizer)))
+
+
+def _fresh_config(args: Any, special_ids: Mapping[str, int]) -> Any:
+    """The config of a fresh model: the preset, the size/scheme/dropout options, the tokenizer's ids.
+
+    Raises:
+        TranslationArgumentError: naming the option when the config rejects a value.
+    """
+    from . import RSkipConfig
+
+    options = {k: getattr(args, k) for k in (*_SIZE_FIELDS, "residual_scheme", "skip_lambda", "residual_norm",
+                                             "dropout", "attention_dropout", "activation_dropout")
+               if getattr(args, k) is not None}
+    try:
+        return RSkipConfig.from_preset(
+            args.preset, **{"residual_scheme": "rskip_ln", "skip_lambda": 2, **options}, **special_ids,
+            # Embeddings scaled by sqrt(d_model), as in Vaswani et al. and Marian's released models.
+            scale_embedding=True, max_position_embeddings=max(512, args.max_source_length, args.max_target_length),
+        )
+    except ValueError as err:  # RSkipConfig names the bad field first; the options carry the same names
+        raise TranslationArgumentError(f"--{str(err).split('=')[0]}: {err}") from None
 
 
 def _set_generation_config(model: Any, args: Any) -> None:
@@ -695,6 +705,9 @@ def run_translation(args: Any, command: str | None = None) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     accelerator = Accelerator(
+        # Without any accelerator device, a torchrun-style launch (`accelerate launch --multi_gpu`) must use
+        # CPU DDP over gloo; otherwise every process would silently train alone.
+        cpu=not (torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=args.report_to if args.with_tracking else None,
@@ -745,7 +758,7 @@ def run_translation(args: Any, command: str | None = None) -> dict[str, Any]:
             model, tokenizer, [p[src] for p in pairs], [p[tgt] for p in pairs], prefix=prefix,
             bleu_tokenize=args.bleu_tokenize, predictions_file=predictions_file, accelerator=accelerator,
             num_beams=args.num_beams, length_penalty=args.length_penalty, max_source_length=args.max_source_length,
-            batch_size=args.eval_batch_size,
+            batch_size=args.eval_batch_size, max_length_a=args.max_length_a, max_length_b=args.max_length_b,
         )
 
     result = None
