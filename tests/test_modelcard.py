@@ -64,3 +64,39 @@ def test_translation_eval_results_carry_bleu_chrf_and_signatures() -> None:
     ]
     assert entries[2]["metric_config"] == "nrefs:1|tok:13a"
     assert translation_eval_results({}, dataset_type="d", dataset_name="D", source_lang="a", target_lang="b") == []
+
+
+def test_push_uploads_the_model_folder_without_training_by_products(tmp_path: Path, monkeypatch) -> None:
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    from hf_rskip.hub import push_folder_to_hub
+
+    folder = tmp_path / "out"
+    for name in ("config.json", "model.safetensors", "README.md", "tokenizer.json", "results.json",
+                 "modeling_rskip.py", "checkpoints/checkpoint-4/optimizer.bin", "runs/events.out.tfevents.1",
+                 "checkpoints/checkpoint-8.tmp/model.safetensors"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("x")
+    calls = {}
+
+    def fake_create_repo(repo_id, **kwargs):
+        calls["create"] = (repo_id, kwargs)
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def fake_upload_folder(**kwargs):
+        calls["upload"] = kwargs
+        files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        calls["files"] = sorted(filter_repo_objects(files, ignore_patterns=kwargs["ignore_patterns"]))
+        return "https://huggingface.co/someone/m/commit/abc"
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", fake_create_repo)
+    monkeypatch.setattr(huggingface_hub, "upload_folder", fake_upload_folder)
+    url = push_folder_to_hub(folder, "someone/m", private=True)
+    assert url.endswith("/commit/abc")
+    assert calls["create"] == ("someone/m", {"token": None, "private": True, "exist_ok": True, "repo_type": "model"})
+    assert calls["upload"]["folder_path"] == str(folder) and calls["upload"]["repo_id"] == "someone/m"
+    assert calls["files"] == ["README.md", "config.json", "model.safetensors", "modeling_rskip.py", "results.json",
+                              "tokenizer.json"]
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        push_folder_to_hub(tmp_path, "someone/m")
