@@ -453,6 +453,16 @@ def train_image_classifier(
 # --------------------------------------------------------------------------------------------------
 
 
+#: Defaults for the built-in task (no data arguments): scikit-learn's 8x8 digits shown at 16x16 with a 2-pixel
+#: crop padding (the CIFAR values, 32x32 and 4 pixels, cost 4x the compute for nothing on these images). With
+#: the other defaults, PreAct-ResNet-20 rskip_ln reaches about 96% held-out accuracy in about a minute on 2 CPU cores.
+#: Keys are ``run_image_classification.py`` argument names.
+BUILTIN_IMAGE_HPARAMS: dict[str, Any] = dict(image_size=16, random_crop_padding=2)
+
+DATA_OPTIONS: tuple[str, ...] = ("dataset_name", "train_dir", "validation_dir", "train_file", "validation_file")
+"""The options that name data; with none of them the built-in digits task runs."""
+
+
 class ImageArgumentError(ValueError):
     """A bad ``run_image_classification.py`` option or combination; the message starts with the option's name."""
 
@@ -548,7 +558,8 @@ def load_image_data(args: Any) -> tuple[Any, Any, list[str], dict[str, Any]]:
                 "dataset_config": None}
     else:
         train, held_out, names = load_digits_splits(image_size=args.image_size)
-        info = {"dataset": "scikit-learn digits", "dataset_name": "scikit-learn digits (8x8, up-sampled)",
+        info = {"dataset": "scikit-learn digits",
+                "dataset_name": f"scikit-learn digits (8x8, shown at {args.image_size}x{args.image_size})",
                 "dataset_config": None}
 
     if args.label_names:
@@ -718,7 +729,8 @@ def run_image_classification(args: Any, command: str | None = None) -> dict[str,
         model_type=config.model_type, depth=config.depth, hidden_sizes=list(config.hidden_sizes),
         residual_scheme=config.residual_scheme, skip_lambda=config.skip_lambda, residual_norm=config.residual_norm,
         block_norm=config.block_norm, num_parameters=unwrapped.num_parameters(), seed=args.seed,
-        train_steps=result.state.completed_steps, train_epochs=result.state.epoch, train_loss=result.train_loss,
+        train_steps=result.state.completed_steps, train_epochs=round(result.state.images / len(train), 2),
+        train_loss=result.train_loss,
         train_accuracy=result.train_accuracy, train_runtime=result.state.train_seconds,
         train_images=result.state.images, train_samples_per_second=result.images_per_second,
         learning_rate=args.learning_rate, lr_scheduler_type=args.lr_scheduler_type,
@@ -786,6 +798,8 @@ def run_image_classification(args: Any, command: str | None = None) -> dict[str,
 
 
 __all__ = [
+    "BUILTIN_IMAGE_HPARAMS",
+    "DATA_OPTIONS",
     "LR_SCHEDULES",
     "EpochShuffleSampler",
     "ImageArgumentError",

@@ -2,7 +2,7 @@
 """Train an rSkip PreAct-ResNet for image classification and report accuracy (modelled on transformers'
 ``run_image_classification_no_trainer.py``; the same argument names where they exist).
 
-    # no data arguments: scikit-learn's bundled digits (real images, no download; about 2 minutes on 2 CPU cores)
+    # no data arguments: scikit-learn's bundled digits (real images, no download; about a minute on 2 CPU cores)
     python scripts/run_image_classification.py --output_dir runs/digits
 
     # .npz arrays (uint8 images (N, H, W, 3) and integer labels (N,) under the named keys)
@@ -17,7 +17,9 @@
 
     # several processes / GPUs: accelerate launch [--num_processes N] scripts/run_image_classification.py ...
 
-Every default is shown below. All the work is done by ``hf_rskip.vision_training.run_image_classification``.
+Every default is shown below; the built-in digits task (no data arguments) changes two of them:
+--image_size 16 --random_crop_padding 2 (``BUILTIN_IMAGE_HPARAMS``); options given on the command line win.
+All the work is done by ``hf_rskip.vision_training.run_image_classification``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_rskip.checkpointing import CheckpointError  # noqa: E402
 from hf_rskip.residual import IMAGE_NORMS, RESIDUAL_SCHEMES  # noqa: E402
 from hf_rskip.vision_data import CIFAR10_MEAN, CIFAR10_STD, ImageDataError  # noqa: E402
-from hf_rskip.vision_training import LR_SCHEDULES, ImageArgumentError, run_image_classification  # noqa: E402
+from hf_rskip.vision_training import (  # noqa: E402
+    BUILTIN_IMAGE_HPARAMS,
+    DATA_OPTIONS,
+    LR_SCHEDULES,
+    ImageArgumentError,
+    run_image_classification,
+)
 
 
 def steps_or_epoch(value: str) -> int | str | None:
@@ -130,8 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses twice: without data options the built-in task's defaults apply first, then the command line wins."""
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if not any(getattr(first, name) for name in DATA_OPTIONS):
+        parser.set_defaults(**BUILTIN_IMAGE_HPARAMS)
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     command = "python scripts/run_image_classification.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         return run_image_classification(args, command=command)

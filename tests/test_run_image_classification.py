@@ -182,6 +182,15 @@ def test_bad_data_fails_before_training(tmp_path, monkeypatch) -> None:
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+def test_built_in_task_defaults_give_way_to_data_and_to_the_command_line() -> None:
+    builtin = script.parse_args(["--output_dir", "x"])
+    assert (builtin.image_size, builtin.random_crop_padding) == (16, 2)
+    cifar = script.parse_args(["--output_dir", "x", "--train_file", "t.npz"])
+    assert (cifar.image_size, cifar.random_crop_padding) == (32, 4)
+    mine = script.parse_args(["--output_dir", "x", "--image_size", "24"])
+    assert (mine.image_size, mine.random_crop_padding) == (24, 2)
+
+
 def test_argument_names_follow_transformers() -> None:
     options = {a.dest for a in script.build_parser()._actions}
     assert {"output_dir", "seed", "num_train_epochs", "max_train_steps", "per_device_train_batch_size",
