@@ -26,6 +26,15 @@ from hf_rskip.residual import RESIDUAL_SCHEMES
 from .conftest import SCHEME_LAMBDAS
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from a second thread; on a shared CPU an oversubscribed OpenMP pool is far slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(scheme: str = "rskip_ln", skip_lambda: float = 2, **overrides) -> RSkipResNetConfig:
     kwargs = dict(depth=14, hidden_sizes=[4, 6, 8], residual_scheme=scheme, skip_lambda=skip_lambda, num_labels=5)
     kwargs.update(overrides)
@@ -288,7 +297,8 @@ def test_remote_code_load_without_the_package(tmp_path) -> None:
         print("REMOTE_OK", type(model).__name__)
         """
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": "",
+           "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -317,7 +327,8 @@ def test_pipeline_with_the_saved_image_processor(tmp_path) -> None:
 
     # the pipeline's preprocessing is this package's evaluation transform
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    probabilities = model(normalize_images(batch)).logits.softmax(-1)
+    with torch.no_grad():
+        probabilities = model(normalize_images(batch)).logits.softmax(-1)
     for prediction, probs in zip(predictions, probabilities):
         assert [p["label"] for p in prediction] == [names[int(i)] for i in probs.argsort(descending=True)]
         assert prediction[0]["score"] == pytest.approx(float(probs.max()), abs=1e-4)
