@@ -1,0 +1,180 @@
+"""Reproduction building blocks: variants, planning, learning-rate choice, resumable runs, aggregation, the table,
+plots, and a micro end-to-end sweep with the package's real training code."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from hf_rskip.reproduce import (
+    PRESETS,
+    RunSpec,
+    Variant,
+    aggregate,
+    best_learning_rates,
+    compare_to_reference,
+    get_preset,
+    markdown_table,
+    plan_final,
+    plan_search,
+    plot_grad_norms,
+    plot_learning_curves,
+    plot_metric,
+    reproduce,
+    run_specs,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_variant_keys_labels_and_parse_round_trip():
+    cases = {
+        Variant("post_ln"): ("post_ln", "Post-LN"),
+        Variant("xskip", 2): ("xskip-2", "xSkip λ=2"),
+        Variant("rskip_ln", 3): ("rskip_ln-3", "rSkip+LN λ=3"),
+        Variant("rskip_ln", 2, "batch"): ("rskip_ln-2-bn", "rSkip+BN λ=2"),
+        Variant("xskip_ln", 1.5): ("xskip_ln-1.5", "xSkip+LN λ=1.5"),
+    }
+    for variant, (key, label) in cases.items():
+        assert (variant.key, variant.label) == (key, label)
+        assert Variant.parse(key) == variant
+    assert Variant("rskip_ln", 2, "batch").config_options() == {
+        "residual_scheme": "rskip_ln", "skip_lambda": 2, "residual_norm": "batch"}
+
+
+def test_presets_cover_the_papers_grid():
+    cpu_text = {Variant(*v).key for v in PRESETS["gpu"]["text"]["variants"]}
+    assert cpu_text == {"post_ln", "pre_ln", "xskip-1", "xskip-2", "xskip_ln-2", "rskip_ln-2", "rskip_ln-3"}
+    assert {"rskip_ln-2-bn", "post_ln-bn"} <= {Variant(*v).key for v in PRESETS["gpu"]["vision"]["variants"]}
+    for name in ("cpu", "gpu"):
+        assert len(PRESETS[name]["text"]["depths"]) >= 2  # depth is an axis
+        grad_layers = PRESETS[name]["grad"]["text_size"]["encoder_layers"]
+        assert grad_layers >= 18
+
+
+def test_get_preset_merges_nested_overrides_without_touching_the_original():
+    preset = get_preset("smoke", {"text": {"steps": 3, "depths": {"1+1": {"d_model": 8}}}, "jobs": 2})
+    assert preset["text"]["steps"] == 3 and preset["text"]["depths"] == {"1+1": {"d_model": 8}}
+    assert preset["text"]["seeds"] == PRESETS["smoke"]["text"]["seeds"] and preset["jobs"] == 2
+    assert PRESETS["smoke"]["text"]["steps"] != 3
+    with pytest.raises(ValueError, match="preset='nope'"):
+        get_preset("nope")
+
+
+SETTINGS = dict(depths={"a": {}, "b": {}}, variants=[("post_ln", 1), ("rskip_ln", 2)], seeds=[0, 1],
+                lr_grid=[1e-3, 2e-3], search_steps=5, steps=9)
+
+
+def test_planning_searches_with_one_seed_then_runs_every_seed_at_its_own_lr():
+    search = plan_search("text", SETTINGS)
+    assert len(search) == 2 * 2 * 2 and {s.seed for s in search} == {0} and {s.steps for s in search} == {5}
+    # post_ln prefers 1e-3 at depth a, rskip 2e-3; a diverged (nan) run never wins
+    scores = {("a", "post_ln", 1e-3): 3.0, ("a", "post_ln", 2e-3): 4.0, ("a", "rskip_ln-2", 1e-3): float("nan"),
+              ("a", "rskip_ln-2", 2e-3): 5.0, ("b", "post_ln", 1e-3): 3.0, ("b", "post_ln", 2e-3): 2.0,
+              ("b", "rskip_ln-2", 1e-3): 3.0, ("b", "rskip_ln-2", 2e-3): 3.5}
+    results = [{"spec": s.to_dict(), "selection_score": scores[(s.depth, s.variant.key, s.learning_rate)]}
+               for s in search]
+    best = best_learning_rates(results, higher_is_better=False)
+    assert best == {("a", "post_ln"): 1e-3, ("a", "rskip_ln-2"): 2e-3, ("b", "post_ln"): 2e-3,
+                    ("b", "rskip_ln-2"): 1e-3}
+    final = plan_final("text", SETTINGS, best)
+    assert len(final) == 2 * 2 * 2 and {s.phase for s in final} == {"final"}
+    assert {(s.depth, s.variant.key): s.learning_rate for s in final} == best
+    assert plan_search("text", {**SETTINGS, "lr_grid": [1e-3]}) == []
+    assert {s.learning_rate for s in plan_final("text", {**SETTINGS, "lr_grid": [7e-4]}, {})} == {7e-4}
+
+
+def test_run_specs_saves_each_result_and_skips_finished_runs(tmp_path):
+    calls: list[str] = []
+
+    def fake_train(spec: RunSpec) -> dict:
+        calls.append(spec.run_id)
+        return {"metric": float(spec.seed), "history": []}
+
+    specs = plan_final("text", SETTINGS, {})
+    first = run_specs(specs[:3], fake_train, tmp_path, log=lambda _: None)
+    again = run_specs(specs, fake_train, tmp_path, log=lambda _: None)
+    assert len(calls) == len(specs)  # the first three were not trained twice
+    assert [r["run_id"] for r in again] == [s.run_id for s in specs]
+    assert again[:3] == [json.loads(json.dumps(r, default=str)) for r in first]
+    assert RunSpec.from_dict(again[0]["spec"]) == specs[0]
+
+
+def _final(task, depth, variant, seed, metric, diverged=False):
+    spec = RunSpec(task, depth, Variant.parse(variant), 1e-3, seed, "final", 10)
+    return {"spec": spec.to_dict(), "metric": metric, "metric_name": "BLEU", "diverged": diverged,
+            "history": [{"step": 5, "loss": 5.0 - seed}, {"step": 10, "loss": 4.0, "valid_nll": 4.5}]}
+
+
+def test_aggregate_compare_and_table():
+    results = [_final("text", "3+3", "post_ln", s, m) for s, m in ((0, 20.0), (1, 22.0))]
+    results += [_final("text", "3+3", "rskip_ln-2", s, m) for s, m in ((0, 17.0), (1, 18.0))]
+    results += [_final("text", "3+3", "xskip-2", s, m) for s, m in ((0, 20.5), (1, 22.5))]
+    results += [_final("text", "3+3", "xskip-1", 0, float("nan"), diverged=True)]
+    rows = compare_to_reference(aggregate(results))
+    by = {r["variant"]: r for r in rows}
+    assert by["post_ln"]["mean"] == 21.0 and by["post_ln"]["std"] == pytest.approx(math.sqrt(2))
+    assert by["rskip_ln-2"]["delta"] == pytest.approx(-3.5)
+    assert by["rskip_ln-2"]["beyond_spread"] is True  # 3.5 > 1.41 + 0.71
+    assert by["xskip-2"]["beyond_spread"] is False
+    assert by["xskip-1"]["values"] == [0.0] and by["xskip-1"]["diverged"] == 1
+    assert by["xskip-1"]["beyond_spread"] is None  # one seed: no spread to compare with
+    table = markdown_table(rows)
+    assert "| 3+3 | rSkip+LN λ=2 | 0.001 | 17.50 ± 0.71 | 2 | -3.50 | **yes** |" in table
+    assert "| 3+3 | Post-LN | 0.001 | 21.00 ± 1.41 | 2 | (reference) | – |" in table
+    assert "n/a (1 seed)" in table and "(1 diverged)" in table
+
+
+def test_plots_are_written(tmp_path):
+    results = [_final("text", d, v, s, 10.0 + s) for d in ("3+3", "12+12") for v in ("post_ln", "rskip_ln-2")
+               for s in (0, 1)]
+    rows = compare_to_reference(aggregate(results))
+    assert plot_metric(rows, "text", tmp_path / "m.png").stat().st_size > 0
+    assert plot_learning_curves(results, "text", tmp_path / "c.png").stat().st_size > 0
+    assert plot_metric(rows, "vision", tmp_path / "v.png") is None
+    profile = {"param": {"encoder.layers.0": 1.0, "encoder.layers.1": 0.5, "decoder.layers.0": 2.0},
+               "output": {"encoder.layers.0": 1.0, "encoder.layers.1": 0.5, "decoder.layers.0": 2.0}}
+    analysis = {"settings": {"steps": 3}, "text": {"post_ln": {"init": profile, "trained": profile}}}
+    assert plot_grad_norms(analysis, tmp_path / "g.png").stat().st_size > 0
+
+
+def test_micro_sweep_end_to_end_with_the_real_training_code(tmp_path, shared_data):
+    """Both tasks, an LR search, two seeds, the gradient analysis, on the staged data, in a few seconds."""
+    if importlib.util.find_spec("hf_rskip.vision_training") is None:
+        pytest.skip("the vision training module is not there")
+    preset = get_preset("smoke", {
+        "text": {"data": {"max_train_pairs": 300, "max_valid_pairs": 20, "max_test_pairs": 10, "vocab_size": 200,
+                          "max_length": 24},
+                 "depths": {"1+1": {"d_model": 16, "encoder_layers": 1, "decoder_layers": 1,
+                                    "encoder_attention_heads": 2, "decoder_attention_heads": 2,
+                                    "encoder_ffn_dim": 32, "decoder_ffn_dim": 32}},
+                 "search_steps": 2, "steps": 3, "eval_every": 2, "max_tokens": 512},
+        "vision": {"data": {"max_train_images": 48, "max_test_images": 32, "held_out": 16},
+                   "depths": {"resnet-8": {"depth": 8, "hidden_sizes": [4, 8, 8]}},
+                   "variants": [["xskip", 1], ["rskip_ln", 2, "batch"]], "lr_grid": [0.05, 0.1],
+                   "search_steps": 1, "steps": 2, "batch_size": 16, "eval_every": 1},
+        "grad": {"text_size": {"d_model": 16, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 2,
+                               "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32},
+                 "resnet_depth": 8, "steps": 1, "batch_pairs": 4, "resnet_batch": 4,
+                 "variants": [["post_ln", 1], ["rskip_ln", 2]]},
+    })
+    summary = reproduce(preset, tmp_path, preset_name="micro", command="pytest", log=lambda _: None)
+    assert {(r["task"], r["variant"]) for r in summary["rows"]} == {
+        ("text", "post_ln"), ("text", "rskip_ln-2"), ("vision", "xskip-1"), ("vision", "rskip_ln-2-bn")}
+    assert all(r["n"] == 2 for r in summary["rows"])
+    assert set(summary["learning_rates"]["text"]) == {"1+1/post_ln", "1+1/rskip_ln-2"}
+    assert summary["data"]["text"]["test_pairs"] == 10
+    text_final = [r for r in summary["runs"] if r["spec"]["task"] == "text" and r["spec"]["phase"] == "final"]
+    assert all("BLEU" in r["bleu_signature"] or r["bleu_signature"] for r in text_final)
+    grads = summary["gradient_analysis"]
+    assert list(grads["text"]["rskip_ln-2"]["init"]["param"])[:1] == ["encoder.layers.0"]
+    assert set(grads["vision"]) == {"xskip-1", "post_ln", "rskip_ln-2"}
+    for name in ("results.json", "table.md", "text_metric.png", "text_curves.png", "vision_metric.png",
+                 "grad_norms_param.png", "grad_norms_output.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    table = (tmp_path / "table.md").read_text()
+    assert "Δ > seed spread?" in table and "Gradient norm per layer" in table
