@@ -442,6 +442,31 @@ def build_text_models(text_sizes: Mapping[str, Any], bench_device: BenchDevice, 
     return models
 
 
+@contextlib.contextmanager
+def unfused_rskip(model: nn.Module):
+    """Runs ``model``'s rSkip recursions as the plain loop of norms (the path before the fused autograd function),
+    so a benchmark can show both side by side; restores the fused path on exit."""
+    from .residual import RSkipLN
+
+    modules = [m for m in model.modules() if isinstance(m, RSkipLN)]
+    saved = [m._fusable for m in modules]
+    for module in modules:
+        module._fusable = False
+    try:
+        yield model
+    finally:
+        for module, value in zip(modules, saved):
+            module._fusable = value
+
+
+def _unfused_step(model: nn.Module, step: Callable[[], float]) -> Callable[[], float]:
+    def run() -> float:
+        with unfused_rskip(model):
+            return step()
+
+    return run
+
+
 def run_text_benchmarks(
     sizes: Mapping[str, Any], bench_device: BenchDevice, *, clock: str = "wall", log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -472,6 +497,8 @@ def run_text_benchmarks(
     for name, model in models.items():
         model.train()
         steps[name] = training_step(model, batch, adamw(model), bench_device)
+    # before/after of the fused recursion: the same λ = 2 model (and optimizer) with the plain loop of norms
+    steps["rskip_ln_2_unfused"] = _unfused_step(models["rskip_ln_2"], steps["rskip_ln_2"])
     log(f"training step: {list(steps)} x {repeats} rounds")
     train = interleaved_timings(steps, repeats=repeats, warmup=warmup, synchronize=bench_device.synchronize)
     result["train"] = {name: t.to_dict() for name, t in train.items()}
@@ -513,6 +540,9 @@ def run_text_benchmarks(
     result["rskip3_train_overhead"] = paired_ratio(train["rskip_ln_3"], train["post_ln"], clock) - 1.0
     mem = result["train_peak_mem_bytes"]
     result["train_peak_mem_ratio_rskip2"] = ratio(mem["rskip_ln_2"], mem["post_ln"])
+    result["train_peak_mem_ratio_rskip2_unfused"] = ratio(mem["rskip_ln_2_unfused"], mem["post_ln"])
+    result["train_peak_mem_ratio_rskip3"] = ratio(mem["rskip_ln_3"], mem["post_ln"])
+    result["rskip2_unfused_train_overhead"] = paired_ratio(train["rskip_ln_2_unfused"], train["post_ln"], clock) - 1.0
     result["train_peak_mem_ratio_post_ln_vs_marian"] = ratio(mem["post_ln"], mem["marian"])
     return result
 
@@ -601,4 +631,5 @@ __all__ = [
     "pick_device",
     "ratio",
     "training_step",
+    "unfused_rskip",
 ]

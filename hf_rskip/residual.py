@@ -149,21 +149,92 @@ class XSkipLN(Residual):
         return self.norms[0](self.skip_lambda * x + branch(x))
 
 
+class _RecursiveLayerNorm(torch.autograd.Function):
+    """``G1 = LN1(x + f); Gi = LNi(G(i-1) + x); y = G(λ)`` with the activation memory of one LayerNorm.
+
+    Autograd through the plain loop keeps every norm's input ``G(i-1) + x`` alive until backward: λ tensors of
+    shape ``(B, T, C)`` per sublayer where Post-LN keeps one. This function keeps only ``x + f`` (``x`` is kept by
+    the branch's first linear layer anyway, so saving it costs nothing) and the per-row mean and 1/std of every norm,
+    and rebuilds the other norm inputs in backward with the same kernels, so outputs and gradients are those of the
+    loop (bit for bit on CPU for λ = 2; a different order of summing ``x``'s gradient terms for λ >= 3).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, f: torch.Tensor, eps: float, *params: torch.Tensor) -> torch.Tensor:
+        weights, biases = params[0::2], params[1::2]
+        shape = [x.shape[-1]]
+        first = x + f
+        g, mean, rstd = torch.ops.aten.native_layer_norm(first, shape, weights[0], biases[0], eps)
+        stats = [mean, rstd]
+        for weight, bias in zip(weights[1:], biases[1:]):
+            g, mean, rstd = torch.ops.aten.native_layer_norm(g + x, shape, weight, bias, eps)
+            stats += [mean, rstd]
+        ctx.eps = eps
+        ctx.save_for_backward(x, first, *stats, *params)
+        return g
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, first, *rest = ctx.saved_tensors
+        count = (len(rest)) // 4  # λ: two stats and two params per norm
+        stats, params = rest[: 2 * count], rest[2 * count:]
+        weights, biases = params[0::2], params[1::2]
+        shape = [x.shape[-1]]
+        # rebuild the norm inputs: inputs[0] = x + f, inputs[i] = LN_i(inputs[i-1]) + x
+        inputs = [first]
+        for i in range(count - 1):
+            g = torch.ops.aten.native_layer_norm(inputs[-1], shape, weights[i], biases[i], ctx.eps)[0]
+            inputs.append(g + x)
+        grad_x = None
+        grad_params: list[torch.Tensor | None] = [None] * (2 * count)
+        grad = grad_out
+        for i in reversed(range(count)):
+            mask = [True, weights[i].requires_grad, biases[i].requires_grad]
+            grad, grad_w, grad_b = torch.ops.aten.native_layer_norm_backward(
+                grad, inputs[i], shape, stats[2 * i], stats[2 * i + 1], weights[i], biases[i], mask)
+            grad_params[2 * i], grad_params[2 * i + 1] = grad_w, grad_b
+            if i > 0:  # inputs[i] = G(i) + x: x receives this gradient too
+                grad_x = grad if grad_x is None else grad_x + grad
+        # inputs[0] = x + f
+        grad_x = grad if grad_x is None else grad_x + grad
+        return (grad_x, grad, None, *grad_params)
+
+
 class RSkipLN(Residual):
     """Recursive skip with normalization, F computed once and λ norms with their own parameters::
 
         G1 = N1(x + F(x));  Gi = Ni(G(i-1) + x) for i = 2..λ;  y = G(λ)
+
+    With LayerNorms and gradients on, the recursion runs as one autograd function (:class:`_RecursiveLayerNorm`)
+    that keeps one norm input instead of λ, so training memory stays that of Post-LN; the result is the same.
     """
 
     def __init__(self, make_norm: Callable[[], nn.Module], skip_lambda: float = 2, learn_lambda: bool = False) -> None:
         self.num_norms = int(skip_lambda)
         super().__init__(make_norm, skip_lambda, learn_lambda=False)
+        self._fusable = self.num_norms > 1 and all(
+            type(norm) is nn.LayerNorm and norm.elementwise_affine and norm.bias is not None
+            and len(norm.normalized_shape) == 1 for norm in self.norms
+        )
 
     def forward(self, x: torch.Tensor, branch: Branch) -> torch.Tensor:
-        g = self.norms[0](x + branch(x))
+        f = branch(x)
+        if self._fusable and torch.is_grad_enabled() and (x.requires_grad or f.requires_grad):
+            return self._fused(x, f)
+        g = self.norms[0](x + f)
         for norm in self.norms[1:]:
             g = norm(g + x)
         return g
+
+    def _fused(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        params = [p for norm in self.norms for p in (norm.weight, norm.bias)]
+        eps = self.norms[0].eps
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            # as autocast runs layer_norm: in float32 (the residual stream is float32 there already)
+            with torch.autocast(device_type=device, enabled=False):
+                return _RecursiveLayerNorm.apply(x.float(), f.float(), eps, *(p.float() for p in params))
+        return _RecursiveLayerNorm.apply(x, f, eps, *params)
 
 
 SCHEME_CLASSES: dict[str, type[Residual]] = {

@@ -141,3 +141,54 @@ def test_bench_script_prints_one_json_object(monkeypatch, capsys):
     assert result["device"].startswith("cpu") and set(result["targets"]) == set(BENCH_TARGETS)
     if "resnet" in result:
         assert set(result["resnet"]["overhead_vs_xskip_1"]) == {"xskip_1", "rskip_ln_2"}
+
+
+@pytest.mark.parametrize("lam", [2, 3])
+def test_fused_rskip_recursion_equals_the_loop_and_saves_less(lam):
+    """The fused recursive LayerNorm (hf_rskip.residual) gives the loop's outputs and gradients, and keeps one norm
+    input for backward instead of λ."""
+    from torch import nn
+
+    from hf_rskip.residual import RSkipLN
+
+    residual = RSkipLN(lambda: nn.LayerNorm(16), lam)
+    for norm in residual.norms:  # non-trivial affine parameters
+        nn.init.normal_(norm.weight)
+        nn.init.normal_(norm.bias)
+    branch = nn.Linear(16, 16)
+    x = torch.randn(4, 8, 16, requires_grad=True)
+    tensors = [x, *residual.parameters(), *branch.parameters()]
+
+    def run(fused: bool) -> tuple[list[torch.Tensor], int]:
+        residual._fusable = fused
+        for t in tensors:
+            t.grad = None
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = residual(x, branch)
+        (y * torch.linspace(-1, 1, 16)).pow(2).sum().backward()
+        return [y.detach(), *(t.grad.clone() for t in tensors)], sum(saved.values())
+
+    (loop, loop_bytes), (fused, fused_bytes) = run(False), run(True)
+    for a, b in zip(loop, fused):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    activation = x.numel() * x.element_size()
+    assert loop_bytes - fused_bytes >= (lam - 1) * activation  # λ - 1 fewer (B, T, C) tensors kept
+    with torch.no_grad():  # inference takes the plain loop
+        torch.testing.assert_close(residual(x, branch), loop[0])
+
+
+def test_unfused_context_restores_the_fused_path():
+    model = build_text_models(TINY_TEXT, pick_device("cpu"))["rskip_ln_3"]
+    from hf_rskip.residual import RSkipLN
+
+    modules = [m for m in model.modules() if isinstance(m, RSkipLN)]
+    assert modules and all(m._fusable for m in modules)
+    with benchmark.unfused_rskip(model):
+        assert not any(m._fusable for m in modules)
+    assert all(m._fusable for m in modules)
