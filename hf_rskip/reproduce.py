@@ -182,25 +182,27 @@ PRESETS: dict[str, dict[str, Any]] = {
                   variants=[("post_ln", 1), ("pre_ln", 1), ("xskip", 2), ("rskip_ln", 2)]),
     ),
     # <= 2 hours on 2 CPU cores, sized so that models learn (see the README for the figures it gave).
-    # One thread: on a CPU shared with other work, one thread per process is several times faster than two fighting
-    # for the cores (measured 12x under a load of 6 on 2 cores), and it leaves a core to the working session.
+    # <= 2 hours on 2 idle CPU cores (about 8,300 text steps of 2,048 tokens, 1,600 ResNet-20 steps, the gradient
+    # analysis), sized so that models learn (a d_model-128 3+3 model passes 1 epoch of Multi30k). xSkip without
+    # normalization (divergent at 12+12, see the gradient analysis) and λ = 3 are left to the gpu preset.
+    # threads="auto": 2 on an idle machine, 1 when others are working (two OpenMP threads fighting over busy cores
+    # were measured 12x slower than one), which also leaves them a core.
     "cpu": dict(
-        jobs=1, threads=1,
+        jobs=1, threads="auto",
         text=dict(
             data=dict(max_train_pairs=None, max_valid_pairs=500, max_test_pairs=None, vocab_size=8000, max_length=64),
             depths={"3+3": _text_size(128, 3), "12+12": _text_size(64, 12)},
-            variants=[("post_ln", 1), ("pre_ln", 1), ("xskip", 2), ("xskip_ln", 2), ("rskip_ln", 2)],
-            seeds=[0, 1], lr_grid=[5e-4, 1e-3, 2e-3], search_steps=150, steps=600, warmup_steps=150,
-            max_tokens=2048, dropout=0.1, label_smoothing=0.1, num_beams=1, eval_every=200,
+            variants=[("post_ln", 1), ("pre_ln", 1), ("xskip_ln", 2), ("rskip_ln", 2)],
+            seeds=[0, 1], lr_grid=[5e-4, 1e-3, 2e-3], search_steps=80, steps=400, warmup_steps=100,
+            max_tokens=2048, dropout=0.1, label_smoothing=0.1, num_beams=1, eval_every=100,
         ),
         vision=dict(
             data=dict(max_train_images=None, max_test_images=None, held_out=500),
             depths={"resnet-20": dict(depth=20, hidden_sizes=[16, 32, 64])},
-            variants=[("xskip", 1), ("xskip", 2), ("pre_ln", 1), ("xskip_ln", 2), ("rskip_ln", 2),
-                      ("rskip_ln", 2, "batch")],
-            seeds=[0, 1], lr_grid=[0.1], search_steps=60, steps=250, warmup_steps=20, batch_size=128, eval_every=125,
+            variants=[("xskip", 1), ("pre_ln", 1), ("rskip_ln", 2), ("rskip_ln", 2, "batch")],
+            seeds=[0, 1], lr_grid=[0.1], search_steps=60, steps=200, warmup_steps=20, batch_size=128, eval_every=100,
         ),
-        grad=dict(text_size=_text_size(64, 18), resnet_depth=110, steps=50, batch_pairs=64, resnet_batch=32,
+        grad=dict(text_size=_text_size(64, 18), resnet_depth=110, steps=30, batch_pairs=64, resnet_batch=32,
                   text_lr=5e-4, vision_lr=0.05, variants=_TEXT_VARIANTS),
     ),
     # Many small runs at once on one GPU (bf16), within about 10 minutes.
@@ -333,10 +335,23 @@ def _run_and_save(train_fn: TrainFn, spec: RunSpec, out_dir: Path) -> dict[str, 
 _WORKER: dict[str, Any] = {}
 
 
+def resolve_threads(threads: int | str | None) -> int | None:
+    """A preset's ``threads``: a count, None (torch's default), or ``"auto"``: 2 when the machine's 1-minute load
+    average is under 1 (idle), else 1."""
+    if threads != "auto":
+        return int(threads) if threads else None
+    try:
+        busy = os.getloadavg()[0] >= 1.0
+    except (AttributeError, OSError):
+        busy = False
+    return 1 if busy else min(2, os.cpu_count() or 1)
+
+
 def _set_threads(preset: Mapping[str, Any]) -> None:
     """Applies the preset's CPU thread count (each worker process, too)."""
-    if preset.get("threads"):
-        torch.set_num_threads(int(preset["threads"]))
+    threads = resolve_threads(preset.get("threads"))
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def _worker_init(preset: Mapping[str, Any], out_dir: str) -> None:
@@ -1067,6 +1082,7 @@ def reproduce(
     *,
     tasks: Sequence[str] = TASKS,
     gradients: bool = True,
+    sweeps: bool = True,
     train_fn: TrainFn | None = None,
     preset_name: str = "custom",
     command: str = "",
@@ -1077,8 +1093,9 @@ def reproduce(
     Args:
         preset: see :data:`PRESETS` / :func:`get_preset`.
         out_dir: the output folder (``runs/`` inside it keeps each finished run; a rerun skips them).
-        tasks: which of ``"text"`` and ``"vision"`` to sweep.
-        gradients: also run the gradient analysis.
+        tasks: which of ``"text"`` and ``"vision"`` to sweep (and to analyse).
+        gradients: run the gradient analysis.
+        sweeps: run the training sweeps (False: only the gradient analysis).
         train_fn: replaces the package's training (e.g. in tests); default :class:`ReproduceContext`'s.
         preset_name: recorded in the results.
         command: the command line, recorded in the results and the table.
@@ -1093,26 +1110,26 @@ def reproduce(
     threads_before = torch.get_num_threads()
     _set_threads(preset)
     try:
-        return _reproduce(preset, out_dir, tasks=tasks, gradients=gradients, train_fn=train_fn,
+        return _reproduce(preset, out_dir, tasks=tasks, gradients=gradients, sweeps=sweeps, train_fn=train_fn,
                           preset_name=preset_name, command=command, log=log, started=started)
     finally:
         torch.set_num_threads(threads_before)  # a caller in the same process keeps its own setting
 
 
-def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str], gradients: bool,
+def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str], gradients: bool, sweeps: bool,
                train_fn: TrainFn | None, preset_name: str, command: str, log: Callable[[str], None],
                started: float) -> dict[str, Any]:
     """The body of :func:`reproduce`, run with the preset's thread count."""
     context = ReproduceContext(preset, out_dir)
     train = train_fn or context.train
     jobs = int(preset.get("jobs", 1)) if train_fn is None else 1
-    if jobs > 1:
+    if jobs > 1 and sweeps:
         for task in tasks:  # build the tokenizer once here, so the worker processes all load the same one
             if task == "text":
                 context.text_data  # noqa: B018
     all_results: list[dict[str, Any]] = []
     chosen_lr: dict[str, dict[str, float]] = {}
-    for task in tasks:
+    for task in tasks if sweeps else ():
         settings = preset[task]
         search = run_specs(plan_search(task, settings), train, out_dir, jobs=jobs, preset=preset, log=log)
         best = best_learning_rates(search, higher_is_better=(task == "vision"))
@@ -1187,6 +1204,7 @@ __all__ = [
     "prepare_text_data",
     "prepare_vision_data",
     "reproduce",
+    "resolve_threads",
     "run_specs",
     "text_config",
     "train_text_run",
