@@ -372,6 +372,7 @@ def run_specs(
     *,
     jobs: int = 1,
     preset: Mapping[str, Any] | None = None,
+    only_existing: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Runs every spec once, skipping those whose result file already exists (so a sweep resumes).
@@ -383,10 +384,11 @@ def run_specs(
         jobs: runs at once. Above 1, ``jobs`` worker processes (spawned; each builds a :class:`ReproduceContext` from
             ``preset``) share the device: on one GPU many small models train side by side.
         preset: needed when ``jobs > 1``.
+        only_existing: train nothing; return the results already saved (a report on a sweep still running).
         log: progress messages.
 
     Returns:
-        The results of all specs, in spec order.
+        The results of all specs (of the saved ones with ``only_existing``), in spec order.
     """
     results: dict[str, dict[str, Any]] = {}
     todo = []
@@ -396,6 +398,10 @@ def run_specs(
             results[spec.run_id] = json.loads(path.read_text(encoding="utf-8"))
         else:
             todo.append(spec)
+    if only_existing:
+        if todo:
+            log(f"report only: {len(todo)} of {len(specs)} runs not done yet are left out")
+        return [results[spec.run_id] for spec in specs if spec.run_id in results]
     if todo:
         log(f"{len(todo)} runs to do ({len(specs) - len(todo)} already done), {jobs} at a time")
     if jobs <= 1 or len(todo) <= 1:
@@ -1083,6 +1089,7 @@ def reproduce(
     tasks: Sequence[str] = TASKS,
     gradients: bool = True,
     sweeps: bool = True,
+    report_only: bool = False,
     train_fn: TrainFn | None = None,
     preset_name: str = "custom",
     command: str = "",
@@ -1096,6 +1103,8 @@ def reproduce(
         tasks: which of ``"text"`` and ``"vision"`` to sweep (and to analyse).
         gradients: run the gradient analysis.
         sweeps: run the training sweeps (False: only the gradient analysis).
+        report_only: train nothing: build the table and plots from the runs already in ``out_dir/runs`` (and the
+            gradient analysis already in ``out_dir/results.json``).
         train_fn: replaces the package's training (e.g. in tests); default :class:`ReproduceContext`'s.
         preset_name: recorded in the results.
         command: the command line, recorded in the results and the table.
@@ -1110,14 +1119,15 @@ def reproduce(
     threads_before = torch.get_num_threads()
     _set_threads(preset)
     try:
-        return _reproduce(preset, out_dir, tasks=tasks, gradients=gradients, sweeps=sweeps, train_fn=train_fn,
+        return _reproduce(preset, out_dir, tasks=tasks, gradients=gradients, sweeps=sweeps, report_only=report_only,
+                          train_fn=train_fn,
                           preset_name=preset_name, command=command, log=log, started=started)
     finally:
         torch.set_num_threads(threads_before)  # a caller in the same process keeps its own setting
 
 
 def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str], gradients: bool, sweeps: bool,
-               train_fn: TrainFn | None, preset_name: str, command: str, log: Callable[[str], None],
+               report_only: bool, train_fn: TrainFn | None, preset_name: str, command: str, log: Callable[[str], None],
                started: float) -> dict[str, Any]:
     """The body of :func:`reproduce`, run with the preset's thread count."""
     context = ReproduceContext(preset, out_dir)
@@ -1131,13 +1141,19 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
     chosen_lr: dict[str, dict[str, float]] = {}
     for task in tasks if sweeps else ():
         settings = preset[task]
-        search = run_specs(plan_search(task, settings), train, out_dir, jobs=jobs, preset=preset, log=log)
+        search = run_specs(plan_search(task, settings), train, out_dir, jobs=jobs, preset=preset,
+                           only_existing=report_only, log=log)
         best = best_learning_rates(search, higher_is_better=(task == "vision"))
         chosen_lr[task] = {f"{depth}/{variant}": lr for (depth, variant), lr in best.items()}
-        final = run_specs(plan_final(task, settings, best), train, out_dir, jobs=jobs, preset=preset, log=log)
+        final = run_specs(plan_final(task, settings, best), train, out_dir, jobs=jobs, preset=preset,
+                          only_existing=report_only, log=log)
         all_results += search + final
     rows = compare_to_reference(aggregate(all_results))
-    analysis = gradient_analysis(preset, context, tasks=tasks, log=log) if gradients else None
+    previous = out_dir / "results.json"
+    if gradients and report_only:  # reuse the analysis of an earlier run of this folder, if there is one
+        analysis = json.loads(previous.read_text(encoding="utf-8")).get("gradient_analysis") if previous.is_file() else None
+    else:
+        analysis = gradient_analysis(preset, context, tasks=tasks, log=log) if gradients else None
 
     plots: dict[str, str] = {}
     for task in tasks:

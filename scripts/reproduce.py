@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no_gradients", action="store_true", help="skip the gradient analysis (default: run it)")
     parser.add_argument("--only_gradients", action="store_true",
                         help="only the gradient analysis, no training sweeps (default: off)")
+    parser.add_argument("--report_only", action="store_true",
+                        help="train nothing; rebuild table.md, results.json and plots from the finished runs in "
+                             "--output_dir (a report on a sweep still running or stopped) (default: off)")
     parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: the preset's; 8 for gpu)")
     parser.add_argument("--override", default=None,
                         help='JSON merged into the preset, e.g. \'{"text": {"seeds": [0, 1, 2]}}\' (default: none)')
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[reproduce {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     summary = reproduce(preset, out_dir, tasks=args.tasks, gradients=not args.no_gradients,
-                        sweeps=not args.only_gradients, preset_name=args.preset,
+                        sweeps=not args.only_gradients, report_only=args.report_only, preset_name=args.preset,
                         command=command, log=log)
     print((out_dir / "table.md").read_text(encoding="utf-8"))
     log(f"done in {summary['wall_s']} s: {out_dir}/results.json, table.md, {', '.join(summary['plots'].values())}")

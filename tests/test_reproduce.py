@@ -97,6 +97,8 @@ def test_run_specs_saves_each_result_and_skips_finished_runs(tmp_path):
 
     specs = plan_final("text", SETTINGS, {})
     first = run_specs(specs[:3], fake_train, tmp_path, log=lambda _: None)
+    report = run_specs(specs, fake_train, tmp_path, only_existing=True, log=lambda _: None)
+    assert [r["run_id"] for r in report] == [s.run_id for s in specs[:3]] and len(calls) == 3
     again = run_specs(specs, fake_train, tmp_path, log=lambda _: None)
     assert len(calls) == len(specs)  # the first three were not trained twice
     assert [r["run_id"] for r in again] == [s.run_id for s in specs]
