@@ -205,23 +205,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         grad=dict(text_size=_text_size(64, 18), resnet_depth=110, steps=30, batch_pairs=64, resnet_batch=32,
                   text_lr=5e-4, vision_lr=0.05, variants=_TEXT_VARIANTS),
     ),
-    # Many small runs at once on one GPU (bf16), within about 10 minutes.
+    # Many small runs at once on one GPU (bf16), within about 10 minutes: ~63k text and ~56k ResNet steps shared by
+    # 8 worker processes (an estimate from step times of models this size; not yet timed on a GPU).
     "gpu": dict(
         jobs=8, threads=None,
         text=dict(
             data=dict(max_train_pairs=None, max_valid_pairs=500, max_test_pairs=None, vocab_size=8000, max_length=64),
             depths={"3+3": _text_size(256, 3), "12+12": _text_size(128, 12)},
             variants=_TEXT_VARIANTS,
-            seeds=[0, 1, 2], lr_grid=[5e-4, 1e-3, 2e-3], search_steps=400, steps=1500, warmup_steps=400,
-            max_tokens=4096, dropout=0.1, label_smoothing=0.1, num_beams=4, eval_every=250,
+            seeds=[0, 1, 2], lr_grid=[5e-4, 1e-3, 2e-3], search_steps=300, steps=1200, warmup_steps=300,
+            max_tokens=4096, dropout=0.1, label_smoothing=0.1, num_beams=4, eval_every=300,
         ),
         vision=dict(
             data=dict(max_train_images=None, max_test_images=None, held_out=500),
             depths={"resnet-20": dict(depth=20, hidden_sizes=[16, 32, 64]),
                     "resnet-110": dict(depth=110, hidden_sizes=[16, 32, 64])},
             variants=_VISION_VARIANTS,
-            seeds=[0, 1, 2], lr_grid=[0.05, 0.1], search_steps=300, steps=1200, warmup_steps=100, batch_size=128,
-            eval_every=300,
+            seeds=[0, 1, 2], lr_grid=[0.05, 0.1], search_steps=200, steps=800, warmup_steps=100, batch_size=128,
+            eval_every=200,
         ),
         grad=dict(text_size=_text_size(128, 18), resnet_depth=110, steps=100, batch_pairs=128, resnet_batch=128,
                   text_lr=5e-4, vision_lr=0.05, variants=_TEXT_VARIANTS),
