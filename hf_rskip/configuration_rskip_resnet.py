@@ -117,7 +117,8 @@ class RSkipResNetConfig(PreTrainedConfig):
         ):
             raise ValueError(f"hidden_sizes={sizes!r} must be a non-empty list of integers >= 1, e.g. [16, 32, 64]")
         stages = len(sizes)
-        if isinstance(self.depth, bool) or not isinstance(self.depth, int) or _blocks_per_stage(self.depth, stages) is None:
+        depth = self.depth
+        if isinstance(depth, bool) or not isinstance(depth, int) or _blocks_per_stage(depth, stages) is None:
             examples = [2 * stages * n + 2 for n in (3, 5, 7, 9, 18, 27)]
             form = "6n+2" if stages == 3 else f"{2 * stages}n+2"
             raise ValueError(

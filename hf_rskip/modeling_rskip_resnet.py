@@ -98,7 +98,7 @@ class RSkipResNetStage(nn.Module):
     def __init__(self, config: RSkipResNetConfig, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            RSkipResNetBasicLayer(config, in_channels if i == 0 else out_channels, out_channels, stride if i == 0 else 1)
+            RSkipResNetBasicLayer(config, out_channels if i else in_channels, out_channels, 1 if i else stride)
             for i in range(config.blocks_per_stage)
         )
 
@@ -140,7 +140,8 @@ class RSkipResNetModel(RSkipResNetPreTrainedModel):
         sizes = config.hidden_sizes
         self.embedder = conv3x3(config.num_channels, sizes[0])
         self.stages = nn.ModuleList(
-            RSkipResNetStage(config, sizes[max(i - 1, 0)], size, stride=1 if i == 0 else 2) for i, size in enumerate(sizes)
+            RSkipResNetStage(config, sizes[max(i - 1, 0)], size, stride=2 if i else 1)
+            for i, size in enumerate(sizes)
         )
         # pre_ln needs a norm at the end of the stack (Identity otherwise); the final pre-activation follows
         self.final_residual_norm = build_final_norm(config, sizes[-1], kind="image")
@@ -198,7 +199,9 @@ class RSkipResNetForImageClassification(RSkipResNetPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.resnet = RSkipResNetModel(config)
-        self.classifier = nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = (
+            nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
         self.post_init()
 
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -70,7 +70,7 @@ class ImageSplit:
         return ImageSplit(self.images[indices], self.labels[indices], self.source)
 
     def to_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(N, 3, H, W)`` uint8 images and ``(N,)`` int64 labels, as the models and :class:`CifarAugment` take them."""
+        """``(N, 3, H, W)`` uint8 images and ``(N,)`` int64 labels: what :class:`CifarAugment` and the models take."""
         images = torch.from_numpy(np.ascontiguousarray(self.images)).permute(0, 3, 1, 2).contiguous()
         return images, torch.from_numpy(self.labels)
 
@@ -93,7 +93,8 @@ def _as_rgb_uint8(images: np.ndarray, source: str) -> np.ndarray:
         else:
             raise ImageDataError(
                 f"{source}: images must be uint8 pixel values 0..255, got dtype {images.dtype}"
-                + (f" with range [{images.min()}, {images.max()}]" if images.size and images.dtype.kind in "iuf" else "")
+                + (f" with range [{images.min()}, {images.max()}]"
+                   if images.size and images.dtype.kind in "iuf" else "")
             )
     if images.ndim == 3:  # (N, H, W) grayscale
         images = images[..., None]
@@ -101,7 +102,8 @@ def _as_rgb_uint8(images: np.ndarray, source: str) -> np.ndarray:
         images = images.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ImageDataError(
-            f"{source}: images must have shape (N, H, W, 3), (N, 3, H, W), (N, H, W, 1) or (N, H, W); got {images.shape}"
+            f"{source}: images must have shape (N, H, W, 3), (N, 3, H, W), (N, H, W, 1) or (N, H, W); "
+            f"got {images.shape}"
         )
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
@@ -120,7 +122,8 @@ def _as_labels(labels: np.ndarray, source: str) -> np.ndarray:
         raise ImageDataError(f"{source}: labels must be integer class indices, got dtype {labels.dtype}")
     if labels.size and labels.min() < 0:
         bad = int(np.argmax(labels < 0))
-        raise ImageDataError(f"{source}: label {int(labels[bad])} at index {bad} is negative; labels are class indices >= 0")
+        raise ImageDataError(
+            f"{source}: label {int(labels[bad])} at index {bad} is negative; labels are class indices >= 0")
     return labels.astype(np.int64)
 
 
@@ -224,7 +227,8 @@ def split_from_hf_dataset(
     images = []
     for index, image in enumerate(dataset[image_column]):
         if not isinstance(image, Image.Image):
-            raise ImageDataError(f"{source}: row {index} of column {image_column!r} is not an image ({type(image).__name__})")
+            raise ImageDataError(
+                f"{source}: row {index} of column {image_column!r} is not an image ({type(image).__name__})")
         image = image.convert("RGB")
         if image_size is not None and image.size != (image_size, image_size):
             image = image.resize((image_size, image_size), Image.BILINEAR)
@@ -379,7 +383,9 @@ def normalize_images(
     return (images.float() / 255.0 - mean_t) / std_t
 
 
-def build_image_processor(image_size: int = 32, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD):
+def build_image_processor(
+    image_size: int = 32, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD
+) -> Any:
     """A transformers image processor that resizes (bilinear) to ``image_size`` squared, scales to [0, 1] and
     normalizes with ``mean`` / ``std``: the evaluation transform of this module, saved as ``ViTImageProcessor`` so
     ``AutoImageProcessor`` and ``pipeline("image-classification")`` load it (PIL backend; torchvision not needed)."""

@@ -521,7 +521,8 @@ def check_image_args(args: Any) -> None:
     if args.push_to_hub and not args.hub_model_id:
         raise _arg_error("hub_model_id", "--push_to_hub needs --hub_model_id (e.g. 'user/rskip-resnet20-cifar10')")
     if args.model_name_or_path is not None and not Path(args.model_name_or_path).is_dir():
-        raise _arg_error("model_name_or_path", f"{args.model_name_or_path!r} is not a folder (pass a saved model folder)")
+        raise _arg_error("model_name_or_path",
+                         f"{args.model_name_or_path!r} is not a folder (pass a saved model folder)")
 
 
 def load_image_data(args: Any) -> tuple[Any, Any, list[str], dict[str, Any]]:
@@ -543,12 +544,14 @@ def load_image_data(args: Any) -> tuple[Any, Any, list[str], dict[str, Any]]:
             label_column=args.label_column_name, image_size=args.image_size, train_val_split=args.train_val_split,
             cache_dir=args.cache_dir,
         )
-        info = {"dataset": args.dataset_name, "dataset_name": args.dataset_name, "dataset_config": args.dataset_config_name}
+        info = {"dataset": args.dataset_name, "dataset_name": args.dataset_name,
+                "dataset_config": args.dataset_config_name}
     elif args.train_dir:
         train, names = load_image_folder(args.train_dir, image_size=args.image_size)
         if args.validation_dir:
             held_out, _ = load_image_folder(args.validation_dir, image_size=args.image_size, class_names=names)
-        info = {"dataset": "imagefolder", "dataset_name": f"image folder {Path(args.train_dir).name}", "dataset_config": None}
+        info = {"dataset": "imagefolder", "dataset_name": f"image folder {Path(args.train_dir).name}",
+                "dataset_config": None}
     elif args.train_file:
         train = load_npz_split(args.train_file, args.train_image_key, args.train_label_key, image_size=args.image_size)
         if args.validation_file:
@@ -681,8 +684,9 @@ def run_image_classification(args: Any, command: str | None = None) -> dict[str,
     eval_images, eval_labels = held_out.to_tensors()
     sampler = EpochShuffleSampler(len(train), seed=args.seed)
     # Its own generator: a new iterator (each epoch, or on resume) then takes no draw from the global RNG.
-    train_dataloader = DataLoader(TensorDataset(train_images, train_labels), batch_size=args.per_device_train_batch_size,
-                                  sampler=sampler, generator=torch.Generator().manual_seed(args.seed))
+    train_dataloader = DataLoader(TensorDataset(train_images, train_labels),
+                                  batch_size=args.per_device_train_batch_size, sampler=sampler,
+                                  generator=torch.Generator().manual_seed(args.seed))
     eval_dataloader = DataLoader(TensorDataset(eval_images, eval_labels), batch_size=args.per_device_eval_batch_size)
     optimizer = build_sgd(model, learning_rate=args.learning_rate, momentum=args.momentum,
                           weight_decay=args.weight_decay, nesterov=args.nesterov)
@@ -779,7 +783,8 @@ def run_image_classification(args: Any, command: str | None = None) -> dict[str,
             horizontal_flip=not args.no_horizontal_flip, mixed_precision=args.mixed_precision,
             train_runtime=f"{results['train_runtime']:.0f} s",
             images_per_second=f"{results['train_samples_per_second']:,.0f}",
-            hardware=f"{accelerator.num_processes} × {accelerator.device.type} ({platform.processor() or platform.machine()})",
+            hardware=(f"{accelerator.num_processes} × {accelerator.device.type} "
+                      f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"),
             command=command or "",
         )
         accelerator.print(f"eval_accuracy={results['eval_accuracy']:.4f} on {len(held_out)} images, "

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line options, every default visible here."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data (one source; none: scikit-learn's digits)")
-    g.add_argument("--dataset_name", default=None, help="a Hub dataset (or a local dataset folder), e.g. uoft-cs/cifar10")
+    g.add_argument("--dataset_name", default=None,
+                   help="a Hub dataset (or a local dataset folder), e.g. uoft-cs/cifar10")
     g.add_argument("--dataset_config_name", default=None, help="its configuration, if any")
     g.add_argument("--image_column_name", default="image", help="Hub dataset: the image column (CIFAR-10: img)")
     g.add_argument("--label_column_name", default="label", help="Hub dataset: the label column")

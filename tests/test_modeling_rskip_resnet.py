@@ -184,7 +184,9 @@ def test_pre_ln_normalizes_the_branch_input_and_the_stack_end() -> None:
 
 # --- size, init, options ---------------------------------------------------------------------------
 
-def preact_resnet_parameters(n: int, widths: tuple[int, ...] = (16, 32, 64), channels: int = 3, labels: int = 10) -> int:
+def preact_resnet_parameters(
+    n: int, widths: tuple[int, ...] = (16, 32, 64), channels: int = 3, labels: int = 10
+) -> int:
     """Parameters of He et al.'s CIFAR PreAct-ResNet (BN pre-activations, 1x1 projections), counted by hand."""
     total = 9 * channels * widths[0]  # stem conv
     c_in = widths[0]

@@ -121,6 +121,33 @@ def test_image_folders_with_bf16_mixed_precision(tmp_path) -> None:
     assert json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())["size"] == {"height": 8, "width": 8}
 
 
+def test_hub_dataset_and_push_to_hub(tmp_path, monkeypatch) -> None:
+    """--dataset_name goes through datasets.load_dataset (here a local Parquet dataset: no network), and
+    --push_to_hub uploads the finished folder (the upload itself is replaced: no network)."""
+    import hf_rskip.hub
+
+    from .test_vision_data import make_hf_dataset
+
+    (tmp_path / "data" / "data").mkdir(parents=True)
+    make_hf_dataset(24).to_parquet(str(tmp_path / "data" / "data" / "train-00000-of-00001.parquet"))
+    make_hf_dataset(9, seed=1).to_parquet(str(tmp_path / "data" / "data" / "test-00000-of-00001.parquet"))
+    pushed = []
+
+    def fake_push(folder, repo_id, **kwargs):
+        pushed.append((Path(folder), repo_id, sorted(p.name for p in Path(folder).iterdir())))
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+    monkeypatch.setattr(hf_rskip.hub, "push_folder_to_hub", fake_push)
+    out = tmp_path / "out"
+    results = run("--dataset_name", str(tmp_path / "data"), "--image_column_name", "img", "--image_size", "8",
+                  "--cache_dir", str(tmp_path / "cache"), "--max_train_steps", "2", "--output_dir", str(out),
+                  "--push_to_hub", "--hub_model_id", "me/rskip-test")
+    assert (results["train_samples"], results["eval_samples"], results["num_labels"]) == (24, 9, 3)
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "a", "1": "b", "2": "c"}
+    assert len(pushed) == 1 and pushed[0][:2] == (out, "me/rskip-test")
+    assert {"model.safetensors", "preprocessor_config.json", "README.md", "results.json"} <= set(pushed[0][2])
+
+
 def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path) -> None:
     common = ["--image_size", "8", "--max_train_samples", "80", "--max_eval_samples", "16", "--max_train_steps", "8",
               "--checkpointing_steps", "3", "--eval_steps", "no"]
