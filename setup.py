@@ -14,7 +14,8 @@ setup(
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=["hf_rskip"],
-    package_data={"hf_rskip": ["model_card_template.md"]},
+    # Card templates: found beside the package in a checkout; a regular install puts them here.
+    data_files=[("share/hf_rskip/model_cards", sorted(str(p) for p in Path("model_cards").glob("*.md")))],
     python_requires=">=3.10",
     # Install a CPU build of torch first where a CUDA build is not wanted (see README).
     install_requires=[

@@ -8,7 +8,14 @@ where this package is not installed) and the `"rskip-translation"` pipeline task
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
 from .configuration_rskip import TEXT_PRESETS, RSkipConfig
+from .configuration_rskip_resnet import RESNET_PRESETS, RSkipResNetConfig
 from .modeling_rskip import RSkipForConditionalGeneration, RSkipModel, RSkipPreTrainedModel
+from .modeling_rskip_resnet import (
+    RSkipResNetForImageClassification,
+    RSkipResNetModel,
+    RSkipResNetPreTrainedModel,
+)
+from .modeling_rskip_resnet import register_auto_classes as _register_resnet
 from .pipeline import RSkipTranslationPipeline
 from .residual import RESIDUAL_SCHEMES, build_final_norm, build_residual
 
@@ -20,6 +27,7 @@ AutoModelForSeq2SeqLM.register(RSkipConfig, RSkipForConditionalGeneration, exist
 RSkipConfig.register_for_auto_class()
 RSkipModel.register_for_auto_class("AutoModel")
 RSkipForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+_register_resnet()  # AutoConfig / AutoModel / AutoModelForImageClassification, and auto_map for remote code
 
 __all__ = [
     "RESIDUAL_SCHEMES",
@@ -29,6 +37,11 @@ __all__ = [
     "RSkipPreTrainedModel",
     "RSkipForConditionalGeneration",
     "RSkipTranslationPipeline",
+    "RESNET_PRESETS",
+    "RSkipResNetConfig",
+    "RSkipResNetModel",
+    "RSkipResNetPreTrainedModel",
+    "RSkipResNetForImageClassification",
     "build_residual",
     "build_final_norm",
 ]
