@@ -426,9 +426,9 @@ def train_loop(
 #: Defaults for the built-in task (no data arguments): a tiny model that learns the invented language
 #: in about 3 minutes on 2 CPU cores. Keys are ``run_translation.py`` argument names.
 BUILTIN_HPARAMS: dict[str, Any] = dict(
-    preset="tiny", vocab_size=1000, max_tokens=2048, learning_rate=3e-3, num_warmup_steps=200,
-    max_train_steps=900, dropout=0.1, label_smoothing=0.1, weight_decay=1e-4, num_beams=4,
-    checkpointing_steps=300, eval_steps=300, logging_steps=50, max_source_length=64, max_target_length=64,
+    preset="tiny", vocab_size=1000, max_tokens=2048, learning_rate=5e-3, num_warmup_steps=100,
+    max_train_steps=600, dropout=0.1, label_smoothing=0.1, weight_decay=1e-4, num_beams=4,
+    checkpointing_steps=200, eval_steps=300, logging_steps=50, max_source_length=64, max_target_length=64,
 )
 
 # DATASET_RECIPES["..."]["hparams"] key -> run_translation.py argument.
