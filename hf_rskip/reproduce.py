@@ -319,7 +319,8 @@ def _save_json(path: Path, payload: Any) -> None:
     """Writes through a temporary file and a rename, so an interrupted sweep never leaves half a result."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    # keys keep their order: per-layer dicts are in depth order, which a sorted dump would scramble (10 < 2)
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -1021,6 +1022,18 @@ def plot_learning_curves(results: Iterable[Mapping[str, Any]], task: str, path: 
     return path
 
 
+def _in_depth_order(norms: Mapping[str, float]) -> list[tuple[str, float]]:
+    """Per-layer values in depth order whatever order the dict has (a sorted JSON puts ``layers.10`` before
+    ``layers.2``): encoder, then decoder, then ResNet stages, by numeric index."""
+    stack_rank = {"encoder": 0, "decoder": 1}
+
+    def key(name: str) -> tuple:
+        parts = name.split(".")
+        return (stack_rank.get(parts[0], 2), *[(int(p), "") if p.isdigit() else (-1, p) for p in parts])
+
+    return sorted(norms.items(), key=lambda item: key(item[0]))
+
+
 def plot_grad_norms(analysis: Mapping[str, Any], path: Path, *, kind: str = "param") -> Path | None:
     """Gradient norm by layer (log scale) per variant: columns are stacks (encoder, decoder, ResNet blocks), rows
     are at initialization and after training steps."""
@@ -1030,12 +1043,15 @@ def plot_grad_norms(analysis: Mapping[str, Any], path: Path, *, kind: str = "par
     for task in ("text", "vision"):
         if analysis.get(task):
             first = next(iter(analysis[task].values()))["init"][kind]
-            for stack in dict.fromkeys(stack_of(name) for name in first):
+            for stack in dict.fromkeys(stack_of(name) for name, _ in _in_depth_order(first)):
                 panels.append((task, stack))
     if not panels:
         return None
     plt = _pyplot()
     steps = analysis.get("settings", {}).get("steps", "k")
+    # one colour per scheme across every panel, so text and ResNet panels read alike
+    keys = list(dict.fromkeys(key for task in ("text", "vision") for key in (analysis.get(task) or {})))
+    colours = {key: plt.get_cmap("tab10")(i % 10) for i, key in enumerate(keys)}
     fig, axes = plt.subplots(2, len(panels), figsize=(4.3 * len(panels), 6.5), squeeze=False)
     for column, (task, stack) in enumerate(panels):
         for variant, profiles in analysis[task].items():
@@ -1043,9 +1059,9 @@ def plot_grad_norms(analysis: Mapping[str, Any], path: Path, *, kind: str = "par
                 profile = profiles.get(when)
                 if not profile:
                     continue
-                values = [v for name, v in profile[kind].items() if stack_of(name) == stack]
+                values = [v for name, v in _in_depth_order(profile[kind]) if stack_of(name) == stack]
                 axes[row][column].semilogy(range(1, len(values) + 1), values, marker=".", markersize=3,
-                                           label=Variant.parse(variant).label)
+                                           color=colours[variant], label=Variant.parse(variant).label)
         title = {"encoder": "encoder layers", "decoder": "decoder layers", "blocks": "ResNet blocks"}[stack]
         axes[0][column].set_title(f"{title}: at initialization")
         axes[1][column].set_title(f"{title}: after {steps} steps")
@@ -1067,8 +1083,8 @@ def grad_summary_table(analysis: Mapping[str, Any]) -> str:
              "|---|---|---|---|---|---|---|"]
     for task in ("text", "vision"):
         for variant, profiles in (analysis.get(task) or {}).items():
-            init = summarize_norms(profiles["init"]["param"])
-            after = summarize_norms(profiles["trained"]["param"]) if profiles.get("trained") else {}
+            init = summarize_norms(dict(_in_depth_order(profiles["init"]["param"])))
+            after = summarize_norms(dict(_in_depth_order(profiles["trained"]["param"]))) if profiles.get("trained") else {}
             for stack in dict.fromkeys(key.split("/")[0] for key in init):
                 cells = [init[f"{stack}/first_over_last"], init[f"{stack}/max_over_min"],
                          after.get(f"{stack}/first_over_last", float("nan")),
@@ -1150,9 +1166,13 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
                           only_existing=report_only, log=log)
         all_results += search + final
     rows = compare_to_reference(aggregate(all_results))
-    previous = out_dir / "results.json"
+    previous_path = out_dir / "results.json"
+    previous = json.loads(previous_path.read_text(encoding="utf-8")) if previous_path.is_file() else {}
+    report_command = ""
+    if report_only and previous.get("command"):  # keep what produced the runs; say what rebuilt the report
+        command, report_command = previous["command"], command
     if gradients and report_only:  # reuse the analysis of an earlier run of this folder, if there is one
-        analysis = json.loads(previous.read_text(encoding="utf-8")).get("gradient_analysis") if previous.is_file() else None
+        analysis = previous.get("gradient_analysis")
     else:
         analysis = gradient_analysis(preset, context, tasks=tasks, log=log) if gradients else None
 
@@ -1172,7 +1192,7 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
     table = markdown_table(rows)
     header = [f"# Reproduction: preset `{preset_name}`", ""]
     if command:
-        header += [f"Command: `{command}`", ""]
+        header += [f"Command: `{command}`" + (f" (report rebuilt by `{report_command}`)" if report_command else ""), ""]
     header += ["Every scheme: same size, data, steps and seeds; its own learning rate from the grid "
                f"(chosen on held-out data): {json.dumps(chosen_lr)}.", ""]
     body = header + [table]
@@ -1181,7 +1201,7 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
     (out_dir / "table.md").write_text("\n".join(body), encoding="utf-8")
 
     summary = {
-        "preset": preset_name, "command": command, "settings": preset, "device": _device_name(),
+        "preset": preset_name, "command": command, "report_command": report_command, "settings": preset, "device": _device_name(),
         "wall_s": round(time.perf_counter() - started, 1), "learning_rates": chosen_lr, "rows": rows,
         "data": {"text": context._text.description if context._text else None,
                  "vision": context._vision.description if context._vision else None},

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clean clone without installing
 
+from hf_rskip.reproduce import resolve_threads  # noqa: E402
 from hf_rskip.benchmark import (  # noqa: E402
     BENCH_SIZES,
     check_targets,
@@ -42,8 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes, fewer rounds (default: off, full sizes)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout (default: a text summary)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available, else cpu)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for every candidate (default: torch's current setting)")
+    parser.add_argument("--threads", default="auto",
+                        help="CPU threads for every candidate: a number, or 'auto' = 2 on an idle machine and 1 when "
+                             "its load average is >= 1 (two threads fighting other jobs for 2 cores time their "
+                             "contention, not the models) (default: auto)")
     parser.add_argument("--no-bf16", dest="bf16", action="store_false", default=None,
                         help="fp32 on CUDA too (default: bf16 autocast on CUDA, fp32 on CPU)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -58,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    bench_device = pick_device(args.device, threads=args.threads, bf16=args.bf16)
+    bench_device = pick_device(args.device, threads=resolve_threads(args.threads), bf16=args.bf16)
     mode = "quick" if args.quick else "full"
     sizes = dict(BENCH_SIZES[mode])
     if args.repeats is not None:

@@ -133,7 +133,11 @@ def test_bench_script_prints_one_json_object(monkeypatch, capsys):
         argv = ["--json", "--quick", "--device", "cpu", "--skip-resnet"]
     else:
         argv = ["--json", "--quick", "--device", "cpu"]
-    bench.main(argv)
+    threads = torch.get_num_threads()
+    try:
+        bench.main(argv)
+    finally:
+        torch.set_num_threads(threads)
     result = json.loads(capsys.readouterr().out)
     for key in ("train_step_ratio_vs_marian", "rskip2_train_overhead", "rskip3_train_overhead",
                 "generate_greedy_ratio_vs_marian", "generate_beam4_ratio_vs_marian", "train_peak_mem_ratio_rskip2"):
