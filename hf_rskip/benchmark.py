@@ -16,7 +16,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -467,8 +467,17 @@ def _unfused_step(model: nn.Module, step: Callable[[], float]) -> Callable[[], f
     return run
 
 
+TEXT_SECTIONS: tuple[str, ...] = ("train", "memory", "generate")
+"""The parts of :func:`run_text_benchmarks`: training-step time, training-step peak memory, generation speed."""
+
+
 def run_text_benchmarks(
-    sizes: Mapping[str, Any], bench_device: BenchDevice, *, clock: str = "wall", log: Callable[[str], None] = print
+    sizes: Mapping[str, Any],
+    bench_device: BenchDevice,
+    *,
+    clock: str = "wall",
+    sections: Sequence[str] = TEXT_SECTIONS,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The text comparisons: training step time and peak memory, greedy and beam-4 generation.
 
@@ -476,6 +485,7 @@ def run_text_benchmarks(
         sizes: one entry of :data:`BENCH_SIZES`.
         bench_device: the device, precision and thread count.
         clock: the clock of the headline ratios, ``"wall"`` or ``"cpu"`` (see :class:`Timing`).
+        sections: which of :data:`TEXT_SECTIONS` to run (e.g. only ``"memory"`` at full size on a slow CPU).
         log: progress messages go here.
 
     Returns:
@@ -499,24 +509,31 @@ def run_text_benchmarks(
         steps[name] = training_step(model, batch, adamw(model), bench_device)
     # before/after of the fused recursion: the same λ = 2 model (and optimizer) with the plain loop of norms
     steps["rskip_ln_2_unfused"] = _unfused_step(models["rskip_ln_2"], steps["rskip_ln_2"])
-    log(f"training step: {list(steps)} x {repeats} rounds")
-    train = interleaved_timings(steps, repeats=repeats, warmup=warmup, synchronize=bench_device.synchronize)
-    result["train"] = {name: t.to_dict() for name, t in train.items()}
-    result["section_wall_s"] = {"train": round(time.perf_counter() - section_start, 1)}
+    result["section_wall_s"] = {}
+    train: dict[str, Timing] = {}
+    if "train" in sections:
+        log(f"training step: {list(steps)} x {repeats} rounds")
+        train = interleaved_timings(steps, repeats=repeats, warmup=warmup, synchronize=bench_device.synchronize)
+        result["train"] = {name: t.to_dict() for name, t in train.items()}
+        result["section_wall_s"]["train"] = round(time.perf_counter() - section_start, 1)
 
-    log("peak memory of a training step")
-    section_start = time.perf_counter()
-    result["train_peak_mem_bytes"] = {
-        name: peak_memory_bytes(step, bench_device.device) for name, step in steps.items()
-    }
-    result["section_wall_s"]["train_peak_mem"] = round(time.perf_counter() - section_start, 1)
+    if "memory" in sections:
+        log("peak memory of a training step")
+        section_start = time.perf_counter()
+        if not train:  # the lazily created optimizer state must exist before the measured step
+            for step in steps.values():
+                step()
+        result["train_peak_mem_bytes"] = {
+            name: peak_memory_bytes(step, bench_device.device) for name, step in steps.items()
+        }
+        result["section_wall_s"]["train_peak_mem"] = round(time.perf_counter() - section_start, 1)
 
     gen_sizes = sizes["generate"]
     source = make_translation_batch(sizes["text"]["vocab_size"], gen_sizes["batch_size"], gen_sizes["source_length"], 2,
                                     pad_token_id=2, seed=1, device=bench_device.device)
     inputs = {"input_ids": source["input_ids"], "attention_mask": source["attention_mask"]}
     tokens = gen_sizes["batch_size"] * gen_sizes["new_tokens"]
-    for label, beams in (("generate_greedy", 1), ("generate_beam4", 4)):
+    for label, beams in (("generate_greedy", 1), ("generate_beam4", 4)) if "generate" in sections else ():
         section_start = time.perf_counter()
         calls = {}
         for name in ("marian", "post_ln", "rskip_ln_2"):
@@ -535,15 +552,18 @@ def run_text_benchmarks(
         result[f"{label}_rskip2_overhead"] = paired_ratio(timings["rskip_ln_2"], timings["post_ln"], clock) - 1.0
         result["section_wall_s"][label] = round(time.perf_counter() - section_start, 1)
 
-    result["train_step_ratio_vs_marian"] = paired_ratio(train["post_ln"], train["marian"], clock)
-    result["rskip2_train_overhead"] = paired_ratio(train["rskip_ln_2"], train["post_ln"], clock) - 1.0
-    result["rskip3_train_overhead"] = paired_ratio(train["rskip_ln_3"], train["post_ln"], clock) - 1.0
-    mem = result["train_peak_mem_bytes"]
-    result["train_peak_mem_ratio_rskip2"] = ratio(mem["rskip_ln_2"], mem["post_ln"])
-    result["train_peak_mem_ratio_rskip2_unfused"] = ratio(mem["rskip_ln_2_unfused"], mem["post_ln"])
-    result["train_peak_mem_ratio_rskip3"] = ratio(mem["rskip_ln_3"], mem["post_ln"])
-    result["rskip2_unfused_train_overhead"] = paired_ratio(train["rskip_ln_2_unfused"], train["post_ln"], clock) - 1.0
-    result["train_peak_mem_ratio_post_ln_vs_marian"] = ratio(mem["post_ln"], mem["marian"])
+    if train:
+        result["train_step_ratio_vs_marian"] = paired_ratio(train["post_ln"], train["marian"], clock)
+        result["rskip2_train_overhead"] = paired_ratio(train["rskip_ln_2"], train["post_ln"], clock) - 1.0
+        result["rskip3_train_overhead"] = paired_ratio(train["rskip_ln_3"], train["post_ln"], clock) - 1.0
+        result["rskip2_unfused_train_overhead"] = (
+            paired_ratio(train["rskip_ln_2_unfused"], train["post_ln"], clock) - 1.0)
+    if "train_peak_mem_bytes" in result:
+        mem = result["train_peak_mem_bytes"]
+        result["train_peak_mem_ratio_rskip2"] = ratio(mem["rskip_ln_2"], mem["post_ln"])
+        result["train_peak_mem_ratio_rskip2_unfused"] = ratio(mem["rskip_ln_2_unfused"], mem["post_ln"])
+        result["train_peak_mem_ratio_rskip3"] = ratio(mem["rskip_ln_3"], mem["post_ln"])
+        result["train_peak_mem_ratio_post_ln_vs_marian"] = ratio(mem["post_ln"], mem["marian"])
     return result
 
 
@@ -614,6 +634,7 @@ __all__ = [
     "BENCH_TARGETS",
     "RESNET_CANDIDATES",
     "TEXT_CANDIDATES",
+    "TEXT_SECTIONS",
     "BenchDevice",
     "build_text_models",
     "check_targets",

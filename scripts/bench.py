@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clean
 from hf_rskip.reproduce import resolve_threads  # noqa: E402
 from hf_rskip.benchmark import (  # noqa: E402
     BENCH_SIZES,
+    TEXT_SECTIONS,
     check_targets,
     load_average,
     pick_device,
@@ -53,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="clock of the headline ratios; 'cpu' (process time) is steadier on a busy shared CPU "
                              "with --threads 1 (default: wall)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 7 full, 5 quick)")
+    parser.add_argument("--sections", nargs="+", choices=TEXT_SECTIONS, default=list(TEXT_SECTIONS),
+                        help="text comparisons to run (default: train memory generate)")
     parser.add_argument("--skip-resnet", action="store_true", help="leave out the PreAct-ResNet comparison (default: off)")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here (default: none)")
     return parser.parse_args(argv)
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"mode": mode, "device": bench_device.name, "threads": bench_device.threads, "clock": args.clock,
                     "load_average_before": load_average(), "sizes": sizes}
     log(f"{mode} on {bench_device.name}, load average {result['load_average_before']}")
-    result.update(run_text_benchmarks(sizes, bench_device, clock=args.clock, log=log))
+    result.update(run_text_benchmarks(sizes, bench_device, clock=args.clock, sections=args.sections, log=log))
     if not args.skip_resnet:
         result["resnet"] = run_resnet_benchmark(sizes, bench_device, clock=args.clock, log=log)
     result["load_average_after"] = load_average()
@@ -92,7 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
         for key, check in result["targets"].items():
             print(f"  {key:36s} {check['value']:8.3f}  target <= {check['target']:.2f}  "
                   f"{'ok' if check['met'] else 'MISSED'}")
-        print(f"  {'rskip3_train_overhead':36s} {result['rskip3_train_overhead']:8.3f}")
+        for key in ("rskip3_train_overhead", "rskip2_unfused_train_overhead", "train_peak_mem_ratio_rskip2_unfused"):
+            if key in result:
+                print(f"  {key:36s} {result[key]:8.3f}")
         if "resnet" in result:
             for name, value in result["resnet"]["overhead_vs_xskip_1"].items():
                 print(f"  resnet-{result['resnet']['depth']} {name:12s} overhead vs xskip_1 {value:+.3f}")
