@@ -13,6 +13,7 @@ Two kinds of BLEU appear in the literature and they are not comparable:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -100,7 +101,13 @@ def generate_translations(
     Returns:
         One translation per source, in input order.
     """
+    full_params = contextlib.nullcontext()
     if accelerator is not None:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if isinstance(model, FullyShardedDataParallel):
+            # FSDP shards the weights; generation needs them whole on every process for its share of sentences.
+            full_params = FullyShardedDataParallel.summon_full_params(model, writeback=False)
         model = accelerator.unwrap_model(model)
     was_training = model.training
     model.eval()
@@ -120,19 +127,20 @@ def generate_translations(
 
         batches = tqdm(batches, desc="translating", leave=False)
     try:
-        for idx in batches:
-            features = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
-            output = model.generate(
-                input_ids=features["input_ids"].to(device),
-                attention_mask=features["attention_mask"].to(device),
-                num_beams=num_beams,
-                length_penalty=length_penalty,
-                max_new_tokens=max_new,
-                early_stopping=True if num_beams > 1 else False,
-                do_sample=False,
-            )
-            texts = tokenizer.batch_decode(output, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            results.extend(zip(idx, (t.strip() for t in texts)))
+        with full_params:
+            for idx in batches:
+                features = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
+                output = model.generate(
+                    input_ids=features["input_ids"].to(device),
+                    attention_mask=features["attention_mask"].to(device),
+                    num_beams=num_beams,
+                    length_penalty=length_penalty,
+                    max_new_tokens=max_new,
+                    early_stopping=True if num_beams > 1 else False,
+                    do_sample=False,
+                )
+                texts = tokenizer.batch_decode(output, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                results.extend(zip(idx, (t.strip() for t in texts)))
     finally:
         model.train(was_training)
 

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .checkpointing import list_checkpoints, load_checkpoint, save_checkpoint
@@ -125,12 +124,15 @@ def label_smoothed_loss(
     """
     if not 0.0 <= epsilon < 1.0:
         raise ValueError(f"label_smoothing={epsilon!r} must be in [0, 1)")
-    flat_logits = logits.float().reshape(-1, logits.shape[-1])  # (B*T, V), in fp32 for a stable log-softmax
+    lprobs = logits.float().log_softmax(-1).reshape(-1, logits.shape[-1])  # (B*T, V), fp32 for stability
     flat_labels = labels.reshape(-1)  # (B*T,)
-    loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=ignore_index, label_smoothing=epsilon)
-    with torch.no_grad():
-        nll = F.cross_entropy(flat_logits, flat_labels, ignore_index=ignore_index) if epsilon else loss.detach()
-    return loss, nll
+    keep = flat_labels != ignore_index  # (B*T,)
+    # One log-softmax serves both terms: -log p(y) and the uniform part -mean_v log p(v).
+    nll = -lprobs.gather(1, flat_labels.clamp(min=0)[:, None]).squeeze(1)[keep]  # (N,)
+    smooth = -lprobs.mean(-1)[keep]  # (N,)
+    count = keep.sum().clamp(min=1)
+    loss = ((1.0 - epsilon) * nll + epsilon * smooth).sum() / count
+    return loss, nll.detach().sum() / count
 
 
 def seq2seq_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,6 +343,8 @@ def train_loop(
             f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
 
     def checkpoint() -> None:
+        if window_batches:  # fold the window's token counts into the saved state (exact tokens/s after a resume)
+            result.history.append(log_window())
         path = save_checkpoint(accelerator, config.checkpoint_dir, state.completed_steps, state.to_dict(),
                                keep_last=config.keep_last_checkpoints)
         result.checkpoints.append(path)
@@ -524,10 +528,12 @@ def check_translation_args(args: Any) -> None:
                                         "--train_file/--validation_file/--test_file")
     if args.push_to_hub and not args.hub_model_id:
         raise _arg_error("hub_model_id", "--push_to_hub needs --hub_model_id (e.g. 'user/rskip-en-de')")
+    from huggingface_hub import constants
+
     for name in ("model_name_or_path", "tokenizer_name"):
         value = getattr(args, name)
-        if value is not None and not Path(value).is_dir():
-            raise _arg_error(name, f"{value!r} is not a folder (the Hub is not reached from here: pass a saved folder)")
+        if value is not None and not Path(value).is_dir() and constants.HF_HUB_OFFLINE:
+            raise _arg_error(name, f"{value!r} is not a folder, and the Hub is offline (HF_HUB_OFFLINE=1)")
     if args.model_name_or_path is not None:
         changed = [f for f in _SIZE_FIELDS if getattr(args, f) is not None]
         if changed:
@@ -580,11 +586,15 @@ def _load_or_train_tokenizer(args: Any, raw: Any, src: str, tgt: str, accelerato
     from .data import train_tokenizer
 
     output_dir = Path(args.output_dir)
-    for source in (args.tokenizer_name, args.model_name_or_path):
-        if source is not None and (Path(source) / "tokenizer_config.json").is_file():
+    for option in ("tokenizer_name", "model_name_or_path"):
+        source = getattr(args, option)
+        if source is None or (option == "model_name_or_path" and Path(source).is_dir()
+                              and not (Path(source) / "tokenizer_config.json").is_file()):
+            continue  # a model folder without a tokenizer: train one below
+        try:
             return AutoTokenizer.from_pretrained(source), f"loaded from {source}"
-    if args.tokenizer_name is not None:
-        raise _arg_error("tokenizer_name", f"{args.tokenizer_name} holds no tokenizer (no tokenizer_config.json)")
+        except (OSError, ValueError) as err:
+            raise _arg_error(option, f"no tokenizer could be loaded from {source!r}: {err}") from None
     saved = (output_dir / "tokenizer_config.json").is_file()
     # The main process trains and saves; the others (and a resumed run) read that file, so all agree exactly.
     with accelerator.main_process_first():
@@ -610,7 +620,10 @@ def _build_model(args: Any, tokenizer: Any) -> Any:
     dropout_overrides = {k: getattr(args, k) for k in ("dropout", "attention_dropout", "activation_dropout")
                          if getattr(args, k) is not None}
     if args.model_name_or_path is not None:
-        model_type = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=True).model_type
+        try:
+            model_type = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=True).model_type
+        except (OSError, ValueError) as err:
+            raise _arg_error("model_name_or_path", f"no model config in {args.model_name_or_path!r}: {err}") from None
         if model_type == "marian":
             model = RSkipForConditionalGeneration.from_marian(args.model_name_or_path, **scheme_overrides,
                                                               **dropout_overrides)

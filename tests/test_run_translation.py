@@ -270,6 +270,48 @@ def test_seq2seq_trainer_trains_and_evaluates_a_saved_rskip_folder(trained, tmp_
     assert result["loss"] == result["loss"] and result["eval_bleu"] >= 0.0  # finite loss, BLEU computed
 
 
+def test_evaluation_only_run_reproduces_the_saved_test_bleu(trained, tmp_path: Path) -> None:
+    """No training data and --model_name_or_path: the same evaluation path scores the saved model again."""
+    out, _ = trained
+    from hf_rskip.data import builtin_translation_task
+
+    test = builtin_translation_task(400, 16, 16, seed=0)["test"]  # the trained run's test split (seed 0)
+    for lang in ("en", "xx"):
+        (tmp_path / f"test.{lang}").write_text("".join(r["translation"][lang] + "\n" for r in test), encoding="utf-8")
+    again = tmp_path / "again"
+    run_script("--output_dir", str(again), "--model_name_or_path", str(out), "--test_file", str(tmp_path / "test"),
+               "--source_lang", "en", "--target_lang", "xx", "--num_beams", "2", "--eval_batch_size", "5")
+    before, after = json.loads((out / "results.json").read_text()), json.loads((again / "results.json").read_text())
+    assert "train_steps" not in after and after["test_split_name"] == "test"
+    assert after["test_bleu"] == before["test_bleu"] and after["test_chrf"] == before["test_chrf"]
+    assert (again / "test_predictions.txt").read_text() == (out / "test_predictions.txt").read_text()
+
+
+def test_marian_folder_is_converted_and_fine_tuned(tmp_path: Path) -> None:
+    from transformers import MarianConfig, MarianMTModel
+
+    from hf_rskip.data import builtin_translation_task, special_token_ids, train_tokenizer
+
+    task = builtin_translation_task(200, 8, 8, seed=0)
+    tokenizer = train_tokenizer((p[k] for p in task["train"]["translation"] for k in ("en", "xx")), 200)
+    marian = MarianMTModel(MarianConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                                        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                                        max_position_embeddings=128, **special_token_ids(tokenizer)))
+    marian.save_pretrained(tmp_path / "marian")
+    tokenizer.save_pretrained(tmp_path / "marian")
+    out = tmp_path / "out"
+    run_script("--output_dir", str(out), "--model_name_or_path", str(tmp_path / "marian"), "--residual_scheme",
+               "rskip_ln", "--skip_lambda", "2", *TINY, "--builtin_num_train", "200", "--builtin_num_valid", "8",
+               "--builtin_num_test", "8", "--max_train_steps", "2", "--eval_steps", "none")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "rskip" and config["residual_scheme"] == "rskip_ln" and config["skip_lambda"] == 2
+    assert config["d_model"] == 32 and json.loads((out / "results.json").read_text())["train_steps"] == 2
+    # A saved RSkip model keeps its scheme: asking for another one is an error, not a silent change.
+    proc = run_script("--output_dir", str(tmp_path / "o2"), "--model_name_or_path", str(out), "--residual_scheme",
+                      "post_ln", *TINY, check=False)
+    assert proc.returncode == 2 and "--residual_scheme" in proc.stderr and "keeps its scheme" in proc.stderr
+
+
 # ------------------------------------------------------------------------------------------------
 # Exact resume after a real SIGKILL.
 # ------------------------------------------------------------------------------------------------
