@@ -344,7 +344,9 @@ def average_checkpoints(paths: Iterable[str | os.PathLike]) -> dict[str, torch.T
             )
         for key, tensor in state.items():
             if i and tensor.shape != last[key].shape:
-                raise ValueError(f"checkpoint {path}: {key} has shape {tuple(tensor.shape)}, {paths[0]} has {tuple(last[key].shape)}")
+                raise ValueError(
+                    f"checkpoint {path}: {key} has shape {tuple(tensor.shape)}, {paths[0]} has {tuple(last[key].shape)}"
+                )
             if tensor.is_floating_point():
                 sums[key] = sums[key] + tensor.double() if key in sums else tensor.double()
         last = state

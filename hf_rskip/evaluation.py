@@ -49,7 +49,9 @@ def score_translations(
         (precisions, brevity penalty, lengths).
     """
     if bleu_tokenize not in BLEU_TOKENIZERS:
-        raise ValueError(f"bleu_tokenize={bleu_tokenize!r} is not a sacreBLEU tokenizer; accepted: {list(BLEU_TOKENIZERS)}")
+        raise ValueError(
+            f"bleu_tokenize={bleu_tokenize!r} is not a sacreBLEU tokenizer; accepted: {list(BLEU_TOKENIZERS)}"
+        )
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
     bleu = BLEU(tokenize=bleu_tokenize, lowercase=lowercase)

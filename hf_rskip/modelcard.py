@@ -97,7 +97,9 @@ def write_model_card(
     kwargs = dict(card_data_kwargs)
     if results:
         if not kwargs.get("model_name"):
-            raise ValueError("card_data_kwargs needs a 'model_name' when eval_results are given (it names the model-index)")
+            raise ValueError(
+                "card_data_kwargs needs a 'model_name' when eval_results are given (it names the model-index)"
+            )
         kwargs["eval_results"] = results
     card_data = ModelCardData(**kwargs)
     # The metadata fields are template variables too (`model_name` would otherwise vanish into the model-index).

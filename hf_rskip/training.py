@@ -21,7 +21,6 @@ them, sets the batch sampler to the saved epoch and skips the consumed batches w
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -34,7 +33,6 @@ from torch import nn
 
 from .checkpointing import list_checkpoints, load_checkpoint, save_checkpoint
 
-logger = logging.getLogger(__name__)
 
 LR_SCHEDULERS: tuple[str, ...] = ("inverse_sqrt", "linear", "cosine", "constant_with_warmup")
 """Accepted ``lr_scheduler_type`` values (transformers' schedules; ``inverse_sqrt`` is fairseq's)."""
@@ -135,7 +133,9 @@ def label_smoothed_loss(
     return loss, nll.detach().sum() / count
 
 
-def seq2seq_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+def seq2seq_loss(
+    model: nn.Module, batch: Mapping[str, torch.Tensor], label_smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs the model on a collated batch and returns ``(label-smoothed loss, nll)``.
 
     The labels are kept away from the model (its own loss would be plain cross-entropy, computed for
@@ -485,7 +485,6 @@ def check_translation_args(args: Any) -> None:
     Raises:
         ValueError: naming the option (``--name: ...``) and what is accepted.
     """
-    from .checkpointing import resolve_checkpoint  # noqa: F401
     from .configuration_rskip import TEXT_PRESETS
     from .evaluation import BLEU_TOKENIZERS
 
@@ -508,7 +507,8 @@ def check_translation_args(args: Any) -> None:
     if not 0.0 <= args.label_smoothing < 1.0:
         raise _arg_error("label_smoothing", f"{args.label_smoothing!r} must be in [0, 1)")
     if args.bleu_tokenize not in BLEU_TOKENIZERS:
-        raise _arg_error("bleu_tokenize", f"{args.bleu_tokenize!r} is not a sacreBLEU tokenizer; accepted: {list(BLEU_TOKENIZERS)}")
+        raise _arg_error("bleu_tokenize", f"{args.bleu_tokenize!r} is not a sacreBLEU tokenizer; "
+                                          f"accepted: {list(BLEU_TOKENIZERS)}")
     if args.lr_scheduler_type not in LR_SCHEDULERS:
         raise _arg_error("lr_scheduler_type", f"{args.lr_scheduler_type!r}; accepted: {list(LR_SCHEDULERS)}")
     if args.preset not in TEXT_PRESETS:
@@ -518,7 +518,8 @@ def check_translation_args(args: Any) -> None:
         if value is not None and value != "epoch" and (not isinstance(value, int) or value < 1):
             raise _arg_error(name, f"{value!r} must be an integer >= 1, 'epoch' or unset")
     if args.average_checkpoints > 1 and args.checkpointing_steps is None:
-        raise _arg_error("average_checkpoints", f"{args.average_checkpoints} needs checkpoints: set --checkpointing_steps")
+        raise _arg_error("average_checkpoints",
+                         f"{args.average_checkpoints} needs checkpoints: set --checkpointing_steps")
     if args.keep_last_checkpoints is not None and args.keep_last_checkpoints < args.average_checkpoints:
         raise _arg_error("keep_last_checkpoints", f"{args.keep_last_checkpoints} keeps fewer checkpoints than "
                                                   f"--average_checkpoints {args.average_checkpoints} averages")
@@ -553,7 +554,8 @@ def _load_raw_data(args: Any) -> tuple[Any, str, str, dict[str, Any]]:
         if args.source_lang:
             overrides.update(source_lang=args.source_lang, target_lang=args.target_lang)
         raw = load_recipe(args.recipe, cache_dir=args.cache_dir, **overrides)
-        src, tgt = overrides.get("source_lang", recipe["source_lang"]), overrides.get("target_lang", recipe["target_lang"])
+        src = overrides.get("source_lang", recipe["source_lang"])
+        tgt = overrides.get("target_lang", recipe["target_lang"])
         dataset_id = recipe.get("dataset_name") or args.recipe
         info = {"dataset": dataset_id, "dataset_name": args.recipe, "dataset_config": recipe.get("dataset_config_name")}
     elif any(getattr(args, f) for f in _DATA_FIELDS):
@@ -579,7 +581,9 @@ def _load_raw_data(args: Any) -> tuple[Any, str, str, dict[str, Any]]:
     return raw, src, tgt, info
 
 
-def _load_or_train_tokenizer(args: Any, raw: Any, src: str, tgt: str, accelerator: Any, resuming: bool) -> tuple[Any, str]:
+def _load_or_train_tokenizer(
+    args: Any, raw: Any, src: str, tgt: str, accelerator: Any, resuming: bool
+) -> tuple[Any, str]:
     """The tokenizer: ``--tokenizer_name``, the model's own, the run's saved one (on resume) or a new one."""
     from transformers import AutoTokenizer
 
@@ -866,14 +870,16 @@ def run_translation(args: Any, command: str | None = None) -> dict[str, Any]:
         model_name = args.hub_model_id or output_dir.resolve().name
         example = raw["test" if "test" in raw else "validation"][0]["translation"][src]
         score_rows = [
-            {"split": results[f"{p}_split_name"], "bleu": f"{results[f'{p}_bleu']:.2f}", "chrf": f"{results[f'{p}_chrf']:.2f}"}
+            {"split": results[f"{p}_split_name"], "bleu": f"{results[f'{p}_bleu']:.2f}",
+             "chrf": f"{results[f'{p}_chrf']:.2f}"}
             for p in ("eval", "test") if f"{p}_bleu" in results
         ]
         write_model_card(
             output_dir, template_name="translation.md",
             card_data_kwargs=dict(
                 model_name=model_name, language=[src, tgt], license=args.license, library_name="transformers",
-                pipeline_tag="translation", datasets=[data_info["dataset"]] if args.dataset_name or args.recipe else None,
+                pipeline_tag="translation",
+                datasets=[data_info["dataset"]] if args.dataset_name or args.recipe else None,
                 tags=["translation", "hf_rskip", "rskip", config.residual_scheme], metrics=["bleu", "chrf"],
             ),
             eval_results=translation_eval_results(results, dataset_type=data_info["dataset"],
@@ -895,7 +901,8 @@ def run_translation(args: Any, command: str | None = None) -> dict[str, Any]:
             average_checkpoints=args.average_checkpoints,
             train_runtime=f"{results.get('train_runtime', 0.0):.0f} s",
             tokens_per_second=f"{results.get('train_tokens_per_second', 0.0):,.0f}",
-            hardware=f"{accelerator.num_processes} × {accelerator.device.type} ({platform.processor() or platform.machine()})",
+            hardware=(f"{accelerator.num_processes} × {accelerator.device.type} "
+                      f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"),
             num_beams=args.num_beams, length_penalty=args.length_penalty, score_rows=score_rows,
             signatures=sorted({v for k, v in results.items() if k.endswith("_signature")}),
             example_source=example.replace('"', "'"), command=command or "",

@@ -51,9 +51,13 @@ def steps_or_epoch(value: str) -> int | str | None:
         raise argparse.ArgumentTypeError(f"{value!r} is not an integer, 'epoch' or 'none'") from None
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows every default (after a recipe has changed them) and keeps the examples' layout."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options, every default visible here."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--recipe", choices=sorted(DATASET_RECIPES), default=None,
                    help="a named dataset with its hyperparameters as defaults (see hf_rskip.data.DATASET_RECIPES)")
@@ -98,35 +102,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_tokens", type=int, default=4096, help="tokens per batch per process (padding included)")
     g.add_argument("--learning_rate", type=float, default=5e-4, help="peak learning rate")
     g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay, matrices only")
-    g.add_argument("--adam_beta1", type=float, default=0.9)
-    g.add_argument("--adam_beta2", type=float, default=0.98)
-    g.add_argument("--adam_epsilon", type=float, default=1e-8)
-    g.add_argument("--lr_scheduler_type", choices=LR_SCHEDULERS, default="inverse_sqrt")
+    g.add_argument("--adam_beta1", type=float, default=0.9, help="Adam β1")
+    g.add_argument("--adam_beta2", type=float, default=0.98, help="Adam β2")
+    g.add_argument("--adam_epsilon", type=float, default=1e-8, help="Adam ε")
+    g.add_argument("--lr_scheduler_type", choices=LR_SCHEDULERS, default="inverse_sqrt", help="learning-rate schedule")
     g.add_argument("--num_warmup_steps", type=int, default=4000, help="linear warm-up, optimizer steps")
-    g.add_argument("--label_smoothing", type=float, default=0.1)
+    g.add_argument("--label_smoothing", type=float, default=0.1, help="ε of label-smoothed cross-entropy")
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping (0: none)")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no", help="Accelerate mixed precision")
+    g.add_argument("--seed", type=int, default=42, help="seed of initialization, dropout and batch order")
     g.add_argument("--max_train_steps", type=int, default=None, help="optimizer steps (overrides epochs)")
-    g.add_argument("--num_train_epochs", type=int, default=10)
-    g.add_argument("--logging_steps", type=int, default=50)
+    g.add_argument("--num_train_epochs", type=int, default=10, help="passes over the data (if no --max_train_steps)")
+    g.add_argument("--logging_steps", type=int, default=50, help="log loss, lr and tokens/s every N steps")
     g.add_argument("--with_tracking", action="store_true", help="log to TensorBoard in <output_dir>/runs")
     g.add_argument("--report_to", default="tensorboard", help="the Accelerate tracker for --with_tracking")
 
     g = p.add_argument_group("evaluation")
-    g.add_argument("--num_beams", type=int, default=4)
-    g.add_argument("--length_penalty", type=float, default=1.0)
+    g.add_argument("--num_beams", type=int, default=4, help="beam size for validation and test")
+    g.add_argument("--length_penalty", type=float, default=1.0, help="beam-search length penalty")
     g.add_argument("--bleu_tokenize", choices=BLEU_TOKENIZERS, default="13a",
                    help="13a for detokenized text; none for pre-tokenized text (tokenized BLEU, e.g. IWSLT'15)")
-    g.add_argument("--eval_steps", type=steps_or_epoch, default="epoch", help="validation BLEU every N steps, 'epoch' or 'none'")
+    g.add_argument("--eval_steps", type=steps_or_epoch, default="epoch",
+                   help="validation BLEU every N steps, 'epoch' or 'none'")
     g.add_argument("--eval_batch_size", type=int, default=64, help="sentences per generation batch")
     g.add_argument("--max_length_a", type=float, default=1.5,
                    help="at most a * (longest source) + b new tokens (fairseq's --max-len-a)")
     g.add_argument("--max_length_b", type=int, default=10, help="see --max_length_a (fairseq's --max-len-b)")
 
     g = p.add_argument_group("checkpoints")
-    g.add_argument("--checkpointing_steps", type=steps_or_epoch, default=None, help="save every N steps, 'epoch' or 'none'")
+    g.add_argument("--checkpointing_steps", type=steps_or_epoch, default=None,
+                   help="save every N steps, 'epoch' or 'none'")
     g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
     g.add_argument("--keep_last_checkpoints", type=int, default=None, help="delete older checkpoints")
     g.add_argument("--average_checkpoints", type=int, default=1, help="average the last N checkpoints at the end")
@@ -135,17 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output_dir", required=True, help="model, tokenizer, results.json, predictions, model card")
     g.add_argument("--overwrite_output_dir", action="store_true", help="start over even if checkpoints exist")
     g.add_argument("--license", default=None, help="license for the model card, e.g. apache-2.0")
-    g.add_argument("--push_to_hub", action="store_true")
+    g.add_argument("--push_to_hub", action="store_true", help="upload output_dir (without checkpoints/ and runs/)")
     g.add_argument("--hub_model_id", default=None, help="user/name of the Hub repository")
-    g.add_argument("--hub_token", default=None)
-    g.add_argument("--hub_private_repo", action="store_true")
+    g.add_argument("--hub_token", default=None, help="Hub token (default: the stored login)")
+    g.add_argument("--hub_private_repo", action="store_true", help="create the Hub repository private")
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses twice: a recipe (or the built-in task) first sets defaults, then the command line wins."""
+    pre = argparse.ArgumentParser(add_help=False)  # no --help here, so --help shows the final defaults
+    for name in DATA_OPTIONS:
+        pre.add_argument(f"--{name}", default=None)
+    first, _ = pre.parse_known_args(argv)
     parser = build_parser()
-    first, _ = parser.parse_known_args(argv)
     no_data = not any(getattr(first, name) for name in DATA_OPTIONS)
     recipe = first.recipe if first.recipe is not None else ("builtin" if no_data else None)
     if recipe is not None:

@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 
 from hf_rskip import RSkipForConditionalGeneration
 from hf_rskip.evaluation import evaluate_translation, generate_translations, score_translations

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -177,7 +176,8 @@ def test_folder_loads_with_auto_classes_pipeline_and_remote_code(trained) -> Non
     model = AutoModelForSeq2SeqLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert type(model).__name__ == "RSkipForConditionalGeneration"
-    assert model.generation_config.num_beams == 2 and model.generation_config.bad_words_ids == [[tokenizer.pad_token_id]]
+    assert model.generation_config.num_beams == 2
+    assert model.generation_config.bad_words_ids == [[tokenizer.pad_token_id]]
     translator = pipeline("rskip-translation", model=str(out))
     assert isinstance(translator("the dog sees a cat .")[0]["translation_text"], str)
     # Where the package is not importable, the folder's own code loads it (remote code).
@@ -210,12 +210,14 @@ def test_model_card_has_model_index_and_its_snippet_runs(trained) -> None:
     assert card.data.model_name == "someone/rskip-tiny"
     assert {"rskip_ln", "translation"} <= set(card.data.tags)
     assert "| rskip_ln | 2 | layer |" in card.text and "python scripts/run_translation.py" in card.text
-    # The card's first code block (the pipeline), pointed at the local folder, runs.
-    snippet = re.findall(r"```python\n(.*?)```", card.text, re.S)[0].replace("someone/rskip-tiny", str(out))
-    proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, env=ENV, cwd=REPO,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "translation_text" in proc.stdout
+    # The card's code blocks (the pipeline; remote code), pointed at the local folder, run.
+    snippets = re.findall(r"```python\n(.*?)```", card.text, re.S)
+    assert len(snippets) == 2
+    for snippet, expected in zip(snippets, ("translation_text", "[")):
+        proc = subprocess.run([sys.executable, "-c", snippet.replace("someone/rskip-tiny", str(out))],
+                              capture_output=True, text=True, env=ENV, cwd=REPO, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert expected in proc.stdout
 
 
 def test_seq2seq_trainer_trains_and_evaluates_a_saved_rskip_folder(trained, tmp_path: Path) -> None:
