@@ -35,6 +35,7 @@ setup(
             "matplotlib",
             "tqdm",
             "rich",
+            "jinja2",
             "scikit-learn",
             "pillow",
         ],
