@@ -23,6 +23,7 @@ folder, and barriers order the steps. The output folder must be shared by all pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -53,6 +54,22 @@ _TMP_RE = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}\d+\.(tmp|old)")
 class CheckpointError(RuntimeError):
     """A checkpoint is missing or incomplete; the message names the path and what is wrong."""
 
+
+
+class ResumableState:
+    """Mixin for a training loop's dataclass state saved as a checkpoint's ``extra_state`` (JSON).
+
+    ``from_dict`` ignores keys the dataclass does not know, so a checkpoint written by a newer loop
+    with more counters still resumes an older one.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in values.items() if k in names})
 
 def _fsync_path(path: Path) -> None:
     """Flushes one file or folder to disk (folders matter: a rename lives in its parent's entry)."""

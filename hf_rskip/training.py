@@ -20,7 +20,6 @@ them, sets the batch sampler to the saved epoch and skips the consumed batches w
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpointing import list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpointing import ResumableState, list_checkpoints, load_checkpoint, save_checkpoint
 
 
 LR_SCHEDULERS: tuple[str, ...] = ("inverse_sqrt", "linear", "cosine", "constant_with_warmup")
@@ -188,7 +187,7 @@ class LoopConfig:
 
 
 @dataclass
-class LoopState:
+class LoopState(ResumableState):
     """The loop's own resumable state, saved as a checkpoint's ``extra_state``.
 
     Args:
@@ -207,13 +206,6 @@ class LoopState:
     target_tokens: int = 0
     train_seconds: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "LoopState":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 @dataclass

@@ -14,7 +14,6 @@ from its own generator, augmentation draws from the restored global RNG, and eva
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Sampler
 
-from .checkpointing import list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpointing import ResumableState, list_checkpoints, load_checkpoint, save_checkpoint
 from .vision_data import CifarAugment, normalize_images
 
 logger = logging.getLogger(__name__)
@@ -236,7 +235,7 @@ class ImageLoopConfig:
 
 
 @dataclass
-class ImageLoopState:
+class ImageLoopState(ResumableState):
     """The loop's resumable state, saved as a checkpoint's ``extra_state``.
 
     Args:
@@ -253,13 +252,6 @@ class ImageLoopState:
     images: int = 0
     train_seconds: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "ImageLoopState":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 @dataclass
