@@ -331,12 +331,24 @@ class GradNormLogger:
         return values
 
 
+def grad_norm_option_problem(every: Any, with_tracking: bool) -> str | None:
+    """What is wrong with a loop's ``log_grad_norms_every`` option (None: nothing, or the option is unset)."""
+    if every is None:
+        return None
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        return f"{every!r} must be an integer >= 1"
+    if not with_tracking:
+        return "needs --with_tracking (the norms are logged to its trackers)"
+    return None
+
+
 __all__ = [
     "GRAD_KINDS",
     "GradNormLogger",
     "GradNormProfile",
     "capture_output_grad_norms",
     "default_loss",
+    "grad_norm_option_problem",
     "grad_norms_during_training",
     "layer_modules",
     "measure_grad_norms",

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .checkpointing import ResumableState, list_checkpoints, load_checkpoint, save_checkpoint
+from .diagnostics import GradNormLogger, grad_norm_option_problem
 
 
 LR_SCHEDULERS: tuple[str, ...] = ("inverse_sqrt", "linear", "cosine", "constant_with_warmup")
@@ -170,6 +171,9 @@ class LoopConfig:
         eval_steps: call ``evaluate`` every N optimizer steps, ``"epoch"`` at the end of every epoch, None never.
         logging_steps: log loss, learning rate and throughput every N optimizer steps.
         with_tracking: send the logs to the trackers of ``accelerator.init_trackers`` (TensorBoard).
+        log_grad_norms_every: with tracking, log the gradient norm of every layer (and the first/last and
+            max/min ratios per stack, :class:`~hf_rskip.diagnostics.GradNormLogger`) every N optimizer steps,
+            step 0 included, after clipping's unscale; None: never.
         show_progress: a tqdm bar with loss, learning rate and tokens/s on the main process.
     """
 
@@ -183,6 +187,7 @@ class LoopConfig:
     eval_steps: int | str | None = None
     logging_steps: int = 50
     with_tracking: bool = False
+    log_grad_norms_every: int | None = None
     show_progress: bool = True
 
 
@@ -341,6 +346,10 @@ def train_loop(
                                keep_last=config.keep_last_checkpoints)
         result.checkpoints.append(path)
 
+    problem = grad_norm_option_problem(config.log_grad_norms_every, config.with_tracking)
+    if problem:
+        raise ValueError(f"log_grad_norms_every: {problem}")
+    grad_logger = GradNormLogger(config.log_grad_norms_every) if config.log_grad_norms_every else None
     model.train()
     done = state.completed_steps >= config.max_train_steps
     while not done and state.epoch < config.num_train_epochs:
@@ -357,6 +366,8 @@ def train_loop(
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                if grad_logger is not None and accelerator.sync_gradients:
+                    grad_logger(accelerator, model, state.completed_steps)
                 optimizer.step()
                 if accelerator.sync_gradients:
                     scheduler.step()
@@ -494,6 +505,9 @@ def check_translation_args(args: Any) -> None:
     if args.max_length_a < 0 or args.max_length_b < 0 or args.max_length_a == args.max_length_b == 0:
         raise _arg_error("max_length_a", f"{args.max_length_a} and --max_length_b {args.max_length_b} must be >= 0 "
                                          "and not both 0")
+    problem = grad_norm_option_problem(args.log_grad_norms_every, args.with_tracking)
+    if problem:
+        raise _arg_error("log_grad_norms_every", problem)
     if args.learning_rate <= 0:
         raise _arg_error("learning_rate", f"{args.learning_rate!r} must be > 0")
     if not 0.0 <= args.label_smoothing < 1.0:
@@ -811,6 +825,7 @@ def run_translation(args: Any, command: str | None = None) -> dict[str, Any]:
             checkpointing_steps=args.checkpointing_steps,
             keep_last_checkpoints=args.keep_last_checkpoints, eval_steps=args.eval_steps,
             logging_steps=args.logging_steps, with_tracking=args.with_tracking,
+            log_grad_norms_every=args.log_grad_norms_every,
         )
         result = train_loop(accelerator, model, optimizer, scheduler, train_dataloader, sampler, loop_config,
                             resume_from=resume, evaluate=lambda step: eval_split("validation", "eval"))

@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from .checkpointing import ResumableState, list_checkpoints, load_checkpoint, save_checkpoint
+from .diagnostics import GradNormLogger, grad_norm_option_problem
 from .vision_data import CifarAugment, normalize_images
 
 logger = logging.getLogger(__name__)
@@ -215,6 +216,9 @@ class ImageLoopConfig:
             evaluates the final model anyway).
         logging_steps: log loss, accuracy, learning rate and images/s every N optimizer steps.
         with_tracking: send the logs to the trackers of ``accelerator.init_trackers``.
+        log_grad_norms_every: with tracking, log the gradient norm of every layer (and the first/last and
+            max/min ratios per stack, :class:`~hf_rskip.diagnostics.GradNormLogger`) every N optimizer steps,
+            step 0 included, after clipping's unscale; None: never.
         show_progress: a tqdm bar on the main process.
     """
 
@@ -231,6 +235,7 @@ class ImageLoopConfig:
     eval_steps: int | str | None = None
     logging_steps: int = 50
     with_tracking: bool = False
+    log_grad_norms_every: int | None = None
     show_progress: bool = True
 
 
@@ -366,6 +371,10 @@ def train_image_classifier(
                                keep_last=config.keep_last_checkpoints)
         result.checkpoints.append(path)
 
+    problem = grad_norm_option_problem(config.log_grad_norms_every, config.with_tracking)
+    if problem:
+        raise ValueError(f"log_grad_norms_every: {problem}")
+    grad_logger = GradNormLogger(config.log_grad_norms_every) if config.log_grad_norms_every else None
     model.train()
     done = state.completed_steps >= config.max_train_steps
     while not done and state.epoch < config.num_train_epochs:
@@ -383,6 +392,8 @@ def train_image_classifier(
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients and config.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                if grad_logger is not None and accelerator.sync_gradients:
+                    grad_logger(accelerator, model, state.completed_steps)
                 optimizer.step()
                 if accelerator.sync_gradients:
                     scheduler.step()
@@ -479,6 +490,9 @@ def check_image_args(args: Any) -> None:
         value = getattr(args, name)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise _arg_error(name, f"{value!r} must be an integer >= 1")
+    problem = grad_norm_option_problem(args.log_grad_norms_every, args.with_tracking)
+    if problem:
+        raise _arg_error("log_grad_norms_every", problem)
     if args.learning_rate <= 0:
         raise _arg_error("learning_rate", f"{args.learning_rate!r} must be > 0")
     if args.weight_decay < 0:
@@ -714,6 +728,7 @@ def run_image_classification(args: Any, command: str | None = None) -> dict[str,
         max_grad_norm=args.max_grad_norm, checkpoint_dir=checkpoint_dir, checkpointing_steps=args.checkpointing_steps,
         keep_last_checkpoints=args.keep_last_checkpoints, eval_steps=args.eval_steps,
         logging_steps=args.logging_steps, with_tracking=args.with_tracking,
+        log_grad_norms_every=args.log_grad_norms_every,
     )
     result = train_image_classifier(accelerator, model, optimizer, scheduler, train_dataloader, sampler, loop_config,
                                      resume_from=resume, evaluate=evaluate)

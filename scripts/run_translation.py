@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--logging_steps", type=int, default=50, help="log loss, lr and tokens/s every N steps")
     g.add_argument("--with_tracking", action="store_true", help="log to TensorBoard in <output_dir>/runs")
     g.add_argument("--report_to", default="tensorboard", help="the Accelerate tracker for --with_tracking")
+    g.add_argument("--log_grad_norms_every", type=int, default=None, metavar="N",
+                   help="with --with_tracking: log every layer's gradient norm every N steps (the paper's analysis)")
 
     g = p.add_argument_group("evaluation")
     g.add_argument("--num_beams", type=int, default=4, help="beam size for validation and test")

@@ -60,8 +60,13 @@ def test_digits_without_data_arguments(tmp_path) -> None:
 
     out = tmp_path / "digits"
     results = run("--output_dir", str(out), "--image_size", "8", "--max_train_samples", "96",
-                  "--max_train_steps", "4", "--eval_steps", "2")
+                  "--max_train_steps", "4", "--eval_steps", "2", "--with_tracking", "--log_grad_norms_every", "2")
     assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["eval_samples"] == 360
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = EventAccumulator(str(out / "runs")).Reload()  # the scalars; hparams go to a subfolder
+    assert [e.step for e in logged.Scalars("grad_norm/stages.0.layers.0")] == [0, 2]
+    assert "grad_norm_summary/blocks/first_over_last" in logged.Tags()["scalars"], logged.Tags()["scalars"]
     assert results["train_steps"] == 4 and results["train_images"] == 64
     assert results["dataset"] == "scikit-learn digits" and results["num_labels"] == 10
     assert [r["step"] for r in results["history"]] == [2]  # evaluation every 2 steps, not at the last one
@@ -200,6 +205,8 @@ def test_bad_data_fails_before_training(tmp_path, monkeypatch) -> None:
          r"--train_file: choose one data source"),
         (["--validation_file", str(tmp_path / "val.npz")], r"--validation_file: needs --train_file"),
         (["--learning_rate", "0"], r"--learning_rate: 0.0 must be > 0"),
+        (["--log_grad_norms_every", "0", "--with_tracking"], r"--log_grad_norms_every: 0 must be an integer >= 1"),
+        (["--log_grad_norms_every", "3"], r"--log_grad_norms_every: needs --with_tracking"),
         (["--push_to_hub"], r"--hub_model_id: --push_to_hub needs"),
         (["--resume_from_checkpoint", str(tmp_path / "nowhere")], r"--resume_from_checkpoint: .*nowhere"),
     ]

@@ -64,7 +64,7 @@ def _write(path: Path, data: bytes | str) -> Path:
 
 @pytest.mark.parametrize(
     "case",
-    ["line_counts", "utf8", "json_key", "missing_file", "options", "lambda", "resume", "no_lang"],
+    ["line_counts", "utf8", "json_key", "missing_file", "options", "lambda", "resume", "grad_norms", "no_lang"],
 )
 def test_bad_input_fails_before_training_with_a_clear_message(case: str, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
@@ -91,6 +91,8 @@ def test_bad_input_fails_before_training_with_a_clear_message(case: str, tmp_pat
             "--average_checkpoints: 3 needs checkpoints"]
     elif case == "lambda":
         argv, expected = ["--residual_scheme", "rskip_ln", "--skip_lambda", "1.5"], ["--skip_lambda", "integer >= 1"]
+    elif case == "grad_norms":
+        argv, expected = ["--log_grad_norms_every", "5"], ["--log_grad_norms_every: needs --with_tracking"]
     elif case == "resume":
         argv, expected = ["--resume_from_checkpoint", str(tmp_path / "checkpoint-7")], [
             "--resume_from_checkpoint", "checkpoint-7 does not exist"]
@@ -136,6 +138,7 @@ def trained(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("builtin") / "out"
     proc = run_script("--output_dir", str(out), *TINY, "--max_train_steps", "12", "--checkpointing_steps", "4",
                       "--average_checkpoints", "2", "--eval_steps", "6", "--with_tracking",
+                      "--log_grad_norms_every", "5",
                       "--hub_model_id", "someone/rskip-tiny")
     return out, proc
 
@@ -154,7 +157,18 @@ def test_run_writes_results_predictions_checkpoints_and_tensorboard(trained) -> 
     assert len((out / "eval_predictions.txt").read_text().splitlines()) == 16
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == [f"checkpoint-{s}" for s in (4, 8, 12)]
     assert "step 6: eval_bleu=" in proc.stdout  # validation during training
-    assert list((out / "runs").rglob("events.out.tfevents*")), "no TensorBoard event file"
+    events = list((out / "runs").rglob("events.out.tfevents*"))
+    assert events, "no TensorBoard event file"
+    # --log_grad_norms_every 5: per-layer gradient norms and their per-stack ratios at steps 0, 5 and 10
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = EventAccumulator(str(out / "runs")).Reload()  # the scalars; hparams go to a subfolder
+    scalars = logged.Tags()["scalars"]
+    for tag in ("grad_norm/encoder.layers.0", "grad_norm/decoder.layers.1",
+                "grad_norm_summary/decoder/first_over_last"):
+        assert tag in scalars, (tag, scalars)
+    steps = [e.step for e in logged.Scalars("grad_norm/encoder.layers.0")]
+    assert steps == [0, 5, 10]
     assert re.search(r"loss=\d", proc.stderr) and "tok_s=" in proc.stderr  # the progress bar's fields
 
 
