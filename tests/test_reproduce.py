@@ -88,6 +88,31 @@ def test_planning_searches_with_one_seed_then_runs_every_seed_at_its_own_lr():
     assert {s.learning_rate for s in plan_final("text", {**SETTINGS, "lr_grid": [7e-4]}, {})} == {7e-4}
 
 
+def test_search_at_the_final_budget_reuses_the_chosen_run_as_the_first_seeds_final(tmp_path):
+    settings = {**SETTINGS, "search_steps": "final"}
+    search = plan_search("text", settings)
+    assert {(s.phase, s.steps, s.seed) for s in search} == {("final", 9, 0)}
+    with pytest.raises(ValueError, match="vision: search_steps='final' is for text only"):
+        plan_search("vision", settings)
+    calls: list[str] = []
+
+    def fake_train(spec: RunSpec) -> dict:  # validation NLL lowest at 2e-3 for post_ln, 1e-3 for rskip
+        calls.append(spec.run_id)
+        nll = {("post_ln", 1e-3): 4.0, ("post_ln", 2e-3): 3.0, ("rskip_ln-2", 1e-3): 3.0,
+               ("rskip_ln-2", 2e-3): 5.0}[(spec.variant.key, spec.learning_rate)]
+        return {"selection_score": nll, "metric": 100 * spec.learning_rate + spec.seed, "metric_name": "BLEU",
+                "history": [{"step": spec.steps, "loss": nll}]}
+
+    preset = {"text": {**settings, "depths": {"a": {}}}, "jobs": 1}
+    summary = reproduce(preset, tmp_path, tasks=["text"], gradients=False, train_fn=fake_train, log=lambda _: None)
+    # 2 variants x 2 rates for seed 0, then seed 1 at the chosen rate only: nothing is trained twice
+    assert len(calls) == len(set(calls)) == 2 * 2 + 2
+    assert summary["learning_rates"] == {"text": {"a/post_ln": 2e-3, "a/rskip_ln-2": 1e-3}}
+    rows = {row["variant"]: row for row in summary["rows"]}
+    assert rows["post_ln"]["values"] == [0.2, 1.2] and rows["rskip_ln-2"]["values"] == [0.1, 1.1]
+    assert len(summary["runs"]) == 6  # every run listed once, the other rates of the search included
+
+
 def test_run_specs_saves_each_result_and_skips_finished_runs(tmp_path):
     calls: list[str] = []
 
