@@ -965,6 +965,46 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def search_table(search: Sequence[Mapping[str, Any]], chosen: Mapping[str, Mapping[str, float]]) -> str:
+    """A markdown table per task of the learning-rate search: one row per (depth, scheme), one column per rate, each
+    cell the run's selection score (validation NLL for text, held-out accuracy for vision) and, where the run was a
+    final-budget one, its test metric too; the chosen rate in bold.
+
+    Args:
+        search: the search runs' results (``spec``, ``selection_score``, optionally ``metric``).
+        chosen: ``{task: {"depth/variant": lr}}`` as in ``results.json``'s ``learning_rates``.
+    """
+    lines: list[str] = []
+    for task in TASKS:
+        runs = [r for r in search if r["spec"]["task"] == task]
+        if not runs:
+            continue
+        rates = sorted({r["spec"]["learning_rate"] for r in runs})
+        first = runs[0]["spec"]
+        score = "validation NLL" if task == "text" else "held-out accuracy (%)"
+        budget = f"{first['steps']} steps, seed {first['seed']}"
+        with_metric = any("metric" in r for r in runs)
+        cell = f"{score} / {runs[0].get('metric_name', 'metric')}" if with_metric else score
+        lines += [f"#### {'Multi30k' if task == 'text' else 'CIFAR-10'} learning-rate search ({budget}; {cell})", "",
+                  "| depth | scheme | " + " | ".join(f"lr {lr:g}" for lr in rates) + " |",
+                  "|---|---|" + "---|" * len(rates)]
+        cells: dict[tuple[str, str], dict[float, str]] = {}
+        for r in runs:
+            spec = r["spec"]
+            value = r.get("selection_score")
+            text = f"{value:.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else "diverged"
+            if isinstance(r.get("metric"), (int, float)):
+                text += f" / {r['metric']:.2f}"
+            if chosen.get(task, {}).get(f"{spec['depth']}/{spec['variant']}") == spec["learning_rate"]:
+                text = f"**{text}**"
+            cells.setdefault((spec["depth"], spec["variant"]), {})[spec["learning_rate"]] = text
+        for (depth, variant), by_rate in cells.items():
+            lines.append(f"| {depth} | {Variant.parse(variant).label} | "
+                         + " | ".join(by_rate.get(lr, "–") for lr in rates) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------------
@@ -1171,6 +1211,7 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
             if task == "text":
                 context.text_data  # noqa: B018
     all_results: list[dict[str, Any]] = []
+    search_results: list[dict[str, Any]] = []
     final_results: list[dict[str, Any]] = []  # the runs that the table reports (not the other rates of a search)
     chosen_lr: dict[str, dict[str, float]] = {}
     for task in tasks if sweeps else ():
@@ -1184,6 +1225,7 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
         final_ids = {result["run_id"] for result in final}  # with search_steps="final" the chosen runs are both
         all_results += [result for result in search if result["run_id"] not in final_ids] + final
         final_results += final
+        search_results += search
     rows = compare_to_reference(aggregate(final_results))
     previous_path = out_dir / "results.json"
     previous = json.loads(previous_path.read_text(encoding="utf-8")) if previous_path.is_file() else {}
@@ -1215,6 +1257,8 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
     header += ["Every scheme: same size, data, steps and seeds; its own learning rate from the grid "
                f"(chosen on held-out data): {json.dumps(chosen_lr)}.", ""]
     body = header + [table]
+    if search_results:
+        body += ["### The learning-rate search (the chosen rate in bold)", "", search_table(search_results, chosen_lr)]
     if analysis is not None:
         body += ["### Gradient norm per layer (deep stacks)", "", grad_summary_table(analysis)]
     (out_dir / "table.md").write_text("\n".join(body), encoding="utf-8")
@@ -1252,6 +1296,7 @@ __all__ = [
     "grad_summary_table",
     "gradient_analysis",
     "markdown_table",
+    "search_table",
     "plan_final",
     "plan_search",
     "plot_grad_norms",

@@ -25,6 +25,7 @@ from hf_rskip.reproduce import (
     plot_learning_curves,
     plot_metric,
     reproduce,
+    search_table,
     run_specs,
 )
 
@@ -111,6 +112,19 @@ def test_search_at_the_final_budget_reuses_the_chosen_run_as_the_first_seeds_fin
     rows = {row["variant"]: row for row in summary["rows"]}
     assert rows["post_ln"]["values"] == [0.2, 1.2] and rows["rskip_ln-2"]["values"] == [0.1, 1.1]
     assert len(summary["runs"]) == 6  # every run listed once, the other rates of the search included
+    table = (tmp_path / "table.md").read_text()
+    assert "| lr 0.001 | lr 0.002 |" in table
+    assert "| a | Post-LN | 4.000 / 0.10 | **3.000 / 0.20** |" in table
+    assert "| a | rSkip+LN λ=2 | **3.000 / 0.10** | 5.000 / 0.20 |" in table
+
+
+def test_search_table_marks_diverged_runs_and_the_chosen_rate():
+    runs = [{"spec": RunSpec("vision", "r20", Variant.parse(v), lr, 0, "search", 60).to_dict(), "selection_score": s}
+            for v, lr, s in (("xskip-1", 0.1, 30.0), ("xskip-1", 0.2, float("nan")), ("pre_ln", 0.1, 25.5))]
+    table = search_table(runs, {"vision": {"r20/xskip-1": 0.1, "r20/pre_ln": 0.1}})
+    assert "CIFAR-10 learning-rate search (60 steps, seed 0; held-out accuracy (%))" in table
+    assert "| r20 | xSkip λ=1 | **30.000** | diverged |" in table
+    assert "| r20 | Pre-LN | **25.500** | – |" in table
 
 
 def test_run_specs_saves_each_result_and_skips_finished_runs(tmp_path):
