@@ -183,7 +183,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # <= 2 hours on 2 CPU cores: two single-thread runs at once (on this machine's small models that beats one
     # run on two threads, and a busy machine keeps a fair share); from measured run times about 90 minutes of sweeps
-    # (24 text runs of 400 steps at ~335 s (3+3) / ~400 s (12+12), 20 ResNet-20 runs) plus the gradient analysis.
+    # (24 text runs of 400 steps at ~335 s (3+3) / ~400 s (12+12), 20 ResNet-20 runs) plus 7.5 min of gradients.
     # Sized so that models learn (a d_model-128 3+3 model passes 1 epoch of Multi30k). The text rate is chosen on
     # full-budget runs (see plan_search); 1e-3, also tried for results/reproduce-cpu, lost for every scheme at both
     # depths, so the grid is {2e-3, 4e-3}. xSkip without normalization (divergent at 12+12, see the gradient
