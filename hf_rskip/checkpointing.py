@@ -55,7 +55,6 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing or incomplete; the message names the path and what is wrong."""
 
 
-
 class ResumableState:
     """Mixin for a training loop's dataclass state saved as a checkpoint's ``extra_state`` (JSON).
 
@@ -70,6 +69,7 @@ class ResumableState:
     def from_dict(cls, values: Mapping[str, Any]):
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: v for k, v in values.items() if k in names})
+
 
 def _fsync_path(path: Path) -> None:
     """Flushes one file or folder to disk (folders matter: a rename lives in its parent's entry)."""

@@ -1211,7 +1211,6 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
         for task in tasks:  # build the tokenizer once here, so the worker processes all load the same one
             if task == "text":
                 context.text_data  # noqa: B018
-    all_results: list[dict[str, Any]] = []
     search_results: list[dict[str, Any]] = []
     final_results: list[dict[str, Any]] = []  # the runs that the table reports (not the other rates of a search)
     chosen_lr: dict[str, dict[str, float]] = {}
@@ -1223,10 +1222,10 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
         chosen_lr[task] = {f"{depth}/{variant}": lr for (depth, variant), lr in best.items()}
         final = run_specs(plan_final(task, settings, best), train, out_dir, jobs=jobs, preset=preset,
                           only_existing=report_only, log=log)
-        final_ids = {result["run_id"] for result in final}  # with search_steps="final" the chosen runs are both
-        all_results += [result for result in search if result["run_id"] not in final_ids] + final
         final_results += final
         search_results += search
+    # every run once: with search_steps="final" the chosen search runs are final runs too
+    all_results = list({result["run_id"]: result for result in search_results + final_results}.values())
     rows = compare_to_reference(aggregate(final_results))
     previous_path = out_dir / "results.json"
     previous = json.loads(previous_path.read_text(encoding="utf-8")) if previous_path.is_file() else {}

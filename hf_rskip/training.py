@@ -212,7 +212,6 @@ class LoopState(ResumableState):
     train_seconds: float = 0.0
 
 
-
 @dataclass
 class LoopResult:
     """What :func:`train_loop` returns.
@@ -307,7 +306,7 @@ def train_loop(
 
     def log_window() -> dict[str, Any]:
         """Reduces the window's statistics over processes (every process calls this at the same step)."""
-        nonlocal window_loss, window_nll, window_batches, window_tokens, window_seconds
+        nonlocal window_loss, window_nll, window_batches, window_seconds  # window_tokens is changed in place
         stats = torch.stack([window_loss, window_nll, torch.tensor(float(max(window_batches, 1)),
                                                                    device=accelerator.device)])
         stats = accelerator.reduce(stats, reduction="sum")

@@ -258,7 +258,6 @@ class ImageLoopState(ResumableState):
     train_seconds: float = 0.0
 
 
-
 @dataclass
 class ImageLoopResult:
     """What :func:`train_image_classifier` returns.
@@ -340,7 +339,7 @@ def train_image_classifier(
 
     def log_window() -> dict[str, Any]:
         """Reduces the window over processes (every process calls this at the same step)."""
-        nonlocal window, window_seconds
+        nonlocal window_seconds  # window is changed in place
         totals = accelerator.reduce(window.clone(), reduction="sum")
         images = int(totals[2])
         state.images += images

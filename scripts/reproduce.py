@@ -15,7 +15,7 @@ skipped when the command is run again, so a long sweep can be stopped and resume
 
     python scripts/reproduce.py --preset smoke            # a few minutes, every stage
     python scripts/reproduce.py --preset cpu              # <= 2 hours on 2 CPU cores
-    python scripts/reproduce.py --preset gpu              # one GPU, many runs at once, ~10 minutes
+    python scripts/reproduce.py --preset gpu              # one GPU, many runs at once, ~15 minutes (estimate)
 """
 
 from __future__ import annotations
