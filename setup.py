@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 version = {}
 for line in Path("hf_rskip/__init__.py").read_text().splitlines():
@@ -13,9 +13,9 @@ setup(
     description="Recursive skip connections with layer normalization (Liu et al., COLING 2020) as Hugging Face models",
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    packages=["hf_rskip"],
-    # Card templates: found beside the package in a checkout; a regular install puts them here.
-    data_files=[("share/hf_rskip/model_cards", sorted(str(p) for p in Path("model_cards").glob("*.md")))],
+    # the library only: experiments/ and scripts/ run from a source checkout
+    packages=find_packages(include=["hf_rskip", "hf_rskip.*"]),
+    package_data={"hf_rskip": ["model_cards/*.md"]},
     python_requires=">=3.10",
     # Install a CPU build of torch first where a CUDA build is not wanted (see README).
     install_requires=[
@@ -39,6 +39,6 @@ setup(
             "scikit-learn",
             "pillow",
         ],
-        "dev": ["pytest>=8", "pytest-xdist", "sentencepiece"],
+        "dev": ["pytest>=8", "pytest-xdist", "sentencepiece", "pyyaml"],
     },
 )

@@ -1,33 +1,35 @@
 """hf_rskip: the residual schemes of Liu et al. (COLING 2020) as Hugging Face Transformers models.
 
+The package is layered: ``hf_rskip.models`` (the scheme module and the model families), ``hf_rskip.data``
+(corpora, recipes, samplers), ``hf_rskip.training`` (one Accelerate loop driven by task objects, checkpoints,
+typed arguments), and beside them ``evaluation``, ``diagnostics``, ``pipeline``, ``modelcard`` and ``hub``.
+
 Importing the package registers its configs and models with the transformers Auto classes (and for
-`save_pretrained`, with `register_for_auto_class`, so saved folders load with `trust_remote_code=True`
-where this package is not installed) and the `"rskip-translation"` pipeline task.
+``save_pretrained``, with ``register_for_auto_class``, so saved folders load with ``trust_remote_code=True``
+where this package is not installed) and the ``"rskip-translation"`` pipeline task.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
-
-from .configuration_rskip import TEXT_PRESETS, RSkipConfig
-from .configuration_rskip_resnet import RESNET_PRESETS, RSkipResNetConfig
-from .modeling_rskip import RSkipForConditionalGeneration, RSkipModel, RSkipPreTrainedModel
-from .modeling_rskip_resnet import (
+from .models import (
+    RESIDUAL_SCHEMES,
+    RESNET_PRESETS,
+    TEXT_PRESETS,
+    RSkipConfig,
+    RSkipForConditionalGeneration,
+    RSkipModel,
+    RSkipPreTrainedModel,
+    RSkipResNetConfig,
     RSkipResNetForImageClassification,
     RSkipResNetModel,
     RSkipResNetPreTrainedModel,
+    build_final_norm,
+    build_residual,
+    register_auto_classes,
 )
-from .modeling_rskip_resnet import register_auto_classes as _register_resnet
 from .pipeline import RSkipTranslationPipeline
-from .residual import RESIDUAL_SCHEMES, build_final_norm, build_residual
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-AutoConfig.register(RSkipConfig.model_type, RSkipConfig, exist_ok=True)
-AutoModel.register(RSkipConfig, RSkipModel, exist_ok=True)
-AutoModelForSeq2SeqLM.register(RSkipConfig, RSkipForConditionalGeneration, exist_ok=True)
-RSkipConfig.register_for_auto_class()
-RSkipModel.register_for_auto_class("AutoModel")
-RSkipForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
-_register_resnet()  # AutoConfig / AutoModel / AutoModelForImageClassification, and auto_map for remote code
+register_auto_classes()
 
 __all__ = [
     "RESIDUAL_SCHEMES",
@@ -44,4 +46,5 @@ __all__ = [
     "RSkipResNetForImageClassification",
     "build_residual",
     "build_final_norm",
+    "register_auto_classes",
 ]

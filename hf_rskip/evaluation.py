@@ -54,7 +54,8 @@ def score_translations(
         )
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    bleu = BLEU(tokenize=bleu_tokenize, lowercase=lowercase)
+    # tokenize="none" declares the text tokenized already: sacreBLEU's "forgot to detokenize?" warning does not apply
+    bleu = BLEU(tokenize=bleu_tokenize, lowercase=lowercase, force=bleu_tokenize == "none")
     chrf = CHRF()
     bleu_score = bleu.corpus_score(list(hypotheses), [list(references)])
     chrf_score = chrf.corpus_score(list(hypotheses), [list(references)])

@@ -1,23 +1,14 @@
-"""Model cards for trained models, written with ``huggingface_hub`` from Jinja templates in ``model_cards/``.
+"""Model cards for trained models, written with ``huggingface_hub`` from Jinja templates.
 
-The metadata (YAML header) comes from :class:`huggingface_hub.ModelCardData`, with a ``model-index``
-built from :class:`huggingface_hub.EvalResult` entries, so the Hub shows the scores; the body comes
-from a template such as ``model_cards/translation.md`` rendered with the run's variables.
-
-Where the templates are found (first hit wins, see :func:`find_template`):
-
-1. the folder named by the environment variable ``HF_RSKIP_MODEL_CARDS`` (your own templates),
-2. ``model_cards/`` beside the ``hf_rskip`` package folder: a source checkout or an editable install
-   (``pip install -e .``),
-3. ``<sys.prefix>/share/hf_rskip/model_cards/``, where a regular install puts them when ``setup.py`` lists
-   them in ``data_files``,
-4. ``hf_rskip/model_cards/`` inside the package (``package_data``).
+The metadata (YAML header) comes from :class:`huggingface_hub.ModelCardData`, with a ``model-index`` built from
+:class:`huggingface_hub.EvalResult` entries, so the Hub shows the scores; the body comes from a template in the
+package's ``model_cards/`` folder (or the folder named by ``HF_RSKIP_MODEL_CARDS``, searched first) rendered with
+the run's results and options.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,24 +20,13 @@ TEMPLATES_ENV = "HF_RSKIP_MODEL_CARDS"
 
 
 def template_dirs() -> list[Path]:
-    """The folders searched for card templates, in order (see the module docstring)."""
-    package_dir = Path(__file__).resolve().parent
-    dirs = []
-    if os.environ.get(TEMPLATES_ENV):
-        dirs.append(Path(os.environ[TEMPLATES_ENV]))
-    dirs += [
-        package_dir.parent / "model_cards",
-        Path(sys.prefix) / "share" / "hf_rskip" / "model_cards",
-        package_dir / "model_cards",
-    ]
-    return dirs
+    """The folders searched for card templates, in order: ``$HF_RSKIP_MODEL_CARDS``, the package's own."""
+    dirs = [Path(os.environ[TEMPLATES_ENV])] if os.environ.get(TEMPLATES_ENV) else []
+    return dirs + [Path(__file__).resolve().parent / "model_cards"]
 
 
 def find_template(template_name: str) -> Path:
     """Finds a card template by file name (e.g. ``"translation.md"``) or returns an existing path as is.
-
-    Args:
-        template_name: a file name looked up in :func:`template_dirs`, or a path to a template file.
 
     Raises:
         FileNotFoundError: naming the template and every folder searched.
@@ -154,8 +134,71 @@ def translation_eval_results(
     return entries
 
 
+def _model_id(args: Any) -> str:
+    """How the card's snippets name the model: its Hub id, else the folder name (never a local absolute path)."""
+    return args.hub_model_id or Path(args.output_dir).resolve().name
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def translation_card(folder: Path, results: Mapping[str, Any], *, job: Any) -> ModelCard:
+    """The card of a translation run (``model_cards/translation.md``), from its results and options."""
+    args, margs = job.args, job.model_args
+    model = job.accelerator.unwrap_model(job.model, keep_torch_compile=False) if hasattr(job, "model") else None
+    config = model.config if model is not None else None
+    src, tgt = results["source_lang"], results["target_lang"]
+    score_rows = [{"split": results[f"{p}_split_name"], "bleu": _fmt(results.get(f"{p}_bleu")),
+                   "chrf": _fmt(results.get(f"{p}_chrf"))} for p in ("eval", "test") if f"{p}_bleu" in results]
+    signatures = [{"split": results[f"{p}_split_name"], "metric": name, "signature": results[f"{p}_{m}_signature"]}
+                  for p in ("eval", "test") for m, name in (("bleu", "BLEU"), ("chrf", "chrF"))
+                  if f"{p}_{m}_signature" in results]
+    example = job.raw["test" if "test" in job.raw else "validation"][0]["translation"][src]
+    dataset = results.get("dataset")
+    return write_model_card(
+        folder, template_name="translation.md",
+        card_data_kwargs=dict(
+            model_name=args.hub_model_id or Path(args.output_dir).resolve().name, language=[src, tgt],
+            license=args.license or "unknown", library_name="transformers", pipeline_tag="translation",
+            datasets=[dataset] if dataset and dataset not in ("builtin", "local files") else None,
+            tags=["translation", "hf_rskip", "rskip", results["residual_scheme"]], metrics=["bleu", "chrf"]),
+        eval_results=translation_eval_results(results, dataset_type=str(dataset),
+                                              dataset_name=results["dataset_name"],
+                                              dataset_config=results.get("dataset_config"), source_lang=src,
+                                              target_lang=tgt),
+        model_id=_model_id(args), license_given=args.license is not None, config=config, results=results,
+        args=args, model_args=margs, data_args=job.data_args, score_rows=score_rows, signatures=signatures,
+        example_source=example.replace('"', "'"), command=results.get("command") or "",
+    )
+
+
+def image_classification_card(folder: Path, results: Mapping[str, Any], *, job: Any) -> ModelCard:
+    """The card of an image-classification run (``model_cards/image_classification.md``)."""
+    args = job.args
+    return write_model_card(
+        folder, template_name="image_classification.md",
+        card_data_kwargs=dict(
+            model_name=args.hub_model_id or Path(args.output_dir).resolve().name,
+            license=args.license or "unknown", library_name="transformers", pipeline_tag="image-classification",
+            datasets=[job.data_args.dataset_name] if job.data_args.dataset_name else None,
+            tags=["image-classification", "hf_rskip", "rskip", "preact-resnet", results["residual_scheme"]],
+            metrics=["accuracy"]),
+        eval_results=[dict(
+            task_type="image-classification", task_name="Image Classification",
+            dataset_type=results["dataset"], dataset_name=results["dataset_name"],
+            dataset_config=results.get("dataset_config"), dataset_split=Path(results["eval_source"]).name,
+            metric_type="accuracy", metric_name="accuracy", metric_value=round(results["eval_accuracy"], 4))],
+        model_id=_model_id(args), license_given=args.license is not None, results=results, args=args,
+        eval_accuracy=f"{100 * results['eval_accuracy']:.2f}", eval_loss=f"{results['eval_loss']:.4f}",
+        command=results.get("command") or "",
+    )
+
+
 __all__ = [
     "TEMPLATES_ENV",
+    "image_classification_card",
+    "translation_card",
     "find_template",
     "template_dirs",
     "translation_eval_results",

@@ -25,10 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clean clone without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the experiments/ folder of this checkout
 
-from hf_rskip.reproduce import resolve_threads  # noqa: E402
-from hf_rskip.benchmark import (  # noqa: E402
+from experiments.reproduce import resolve_threads  # noqa: E402
+from experiments.benchmark import (  # noqa: E402
     BENCH_SIZES,
     TEXT_SECTIONS,
     check_targets,

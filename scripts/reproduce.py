@@ -28,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clean clone without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the experiments/ folder of this checkout
 
-from hf_rskip.reproduce import PRESETS, TASKS, get_preset, reproduce  # noqa: E402
+from experiments.reproduce import PRESETS, TASKS, get_preset, reproduce  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -17,7 +17,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _shared_data() -> Path:
+    from hf_rskip.data.recipes import shared_data_dir
+
+    return shared_data_dir()
+
+
+SHARED_DATA = _shared_data()
 
 #: Every (scheme, λ) the text tester covers: λ ∈ {1, 2, 3} where the scheme has a λ.
 SCHEME_LAMBDAS = [

@@ -21,7 +21,7 @@ from hf_rskip.diagnostics import (
     summarize_norms,
 )
 
-from .conftest import tiny_text_config
+from tests.conftest import tiny_text_config
 
 
 def _text_batch(config, batch_size: int = 3, length: int = 7) -> dict[str, torch.Tensor]:
@@ -83,8 +83,8 @@ def test_capture_removes_its_hooks():
 
 
 def test_resnet_blocks_are_layers():
-    RSkipResNetConfig = pytest.importorskip("hf_rskip.configuration_rskip_resnet").RSkipResNetConfig
-    resnet = pytest.importorskip("hf_rskip.modeling_rskip_resnet")
+    from hf_rskip.models import RSkipResNetConfig
+    from hf_rskip.models import modeling_rskip_resnet as resnet
     RSkipResNetForImageClassification = resnet.RSkipResNetForImageClassification
 
     model = RSkipResNetForImageClassification(

@@ -12,8 +12,12 @@ from hf_rskip.modelcard import TEMPLATES_ENV, find_template, translation_eval_re
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_translation_template_is_found_from_the_source_checkout() -> None:
-    assert find_template("translation.md") == REPO / "model_cards" / "translation.md"
+def test_templates_ship_inside_the_package() -> None:
+    import hf_rskip
+
+    package = Path(hf_rskip.__file__).parent
+    assert find_template("translation.md") == package / "model_cards" / "translation.md"
+    assert find_template("image_classification.md") == package / "model_cards" / "image_classification.md"
 
 
 def test_env_folder_wins_and_missing_template_names_the_searched_folders(tmp_path: Path, monkeypatch) -> None:

@@ -1,0 +1,218 @@
+"""Reproduction building blocks: variants, planning, learning-rate choice, resumable runs, aggregation, the table,
+plots, and a micro end-to-end sweep with the package's real training code."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from experiments.reproduce import (
+    PRESETS,
+    RunSpec,
+    Variant,
+    aggregate,
+    best_learning_rates,
+    compare_to_reference,
+    get_preset,
+    markdown_table,
+    plan_final,
+    plan_search,
+    plot_grad_norms,
+    plot_learning_curves,
+    plot_metric,
+    reproduce,
+    search_table,
+    run_specs,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_variant_keys_labels_and_parse_round_trip():
+    cases = {
+        Variant("post_ln"): ("post_ln", "Post-LN"),
+        Variant("xskip", 2): ("xskip-2", "xSkip λ=2"),
+        Variant("rskip_ln", 3): ("rskip_ln-3", "rSkip+LN λ=3"),
+        Variant("rskip_ln", 2, "batch"): ("rskip_ln-2-bn", "rSkip+BN λ=2"),
+        Variant("xskip_ln", 1.5): ("xskip_ln-1.5", "xSkip+LN λ=1.5"),
+    }
+    for variant, (key, label) in cases.items():
+        assert (variant.key, variant.label) == (key, label)
+        assert Variant.parse(key) == variant
+    assert Variant("rskip_ln", 2, "batch").config_options() == {
+        "residual_scheme": "rskip_ln", "skip_lambda": 2, "residual_norm": "batch"}
+
+
+def test_presets_cover_the_papers_grid():
+    cpu_text = {Variant(*v).key for v in PRESETS["gpu"]["text"]["variants"]}
+    assert cpu_text == {"post_ln", "pre_ln", "xskip-1", "xskip-2", "xskip_ln-2", "rskip_ln-2", "rskip_ln-3"}
+    assert {"rskip_ln-2-bn", "post_ln-bn"} <= {Variant(*v).key for v in PRESETS["gpu"]["vision"]["variants"]}
+    for name in ("cpu", "gpu"):
+        assert len(PRESETS[name]["text"]["depths"]) >= 2  # depth is an axis
+        grad_layers = PRESETS[name]["grad"]["text_size"]["encoder_layers"]
+        assert grad_layers >= 18
+
+
+def test_get_preset_merges_nested_overrides_without_touching_the_original():
+    preset = get_preset("smoke", {"text": {"steps": 3, "depths": {"1+1": {"d_model": 8}}}, "jobs": 2})
+    assert preset["text"]["steps"] == 3 and preset["text"]["depths"] == {"1+1": {"d_model": 8}}
+    assert preset["text"]["seeds"] == PRESETS["smoke"]["text"]["seeds"] and preset["jobs"] == 2
+    assert PRESETS["smoke"]["text"]["steps"] != 3
+    with pytest.raises(ValueError, match="preset='nope'"):
+        get_preset("nope")
+
+
+SETTINGS = dict(depths={"a": {}, "b": {}}, variants=[("post_ln", 1), ("rskip_ln", 2)], seeds=[0, 1],
+                lr_grid=[1e-3, 2e-3], search_steps=5, steps=9)
+
+
+def test_planning_searches_with_one_seed_then_runs_every_seed_at_its_own_lr():
+    search = plan_search("text", SETTINGS)
+    assert len(search) == 2 * 2 * 2 and {s.seed for s in search} == {0} and {s.steps for s in search} == {5}
+    # post_ln prefers 1e-3 at depth a, rskip 2e-3; a diverged (nan) run never wins
+    scores = {("a", "post_ln", 1e-3): 3.0, ("a", "post_ln", 2e-3): 4.0, ("a", "rskip_ln-2", 1e-3): float("nan"),
+              ("a", "rskip_ln-2", 2e-3): 5.0, ("b", "post_ln", 1e-3): 3.0, ("b", "post_ln", 2e-3): 2.0,
+              ("b", "rskip_ln-2", 1e-3): 3.0, ("b", "rskip_ln-2", 2e-3): 3.5}
+    results = [{"spec": s.to_dict(), "selection_score": scores[(s.depth, s.variant.key, s.learning_rate)]}
+               for s in search]
+    best = best_learning_rates(results, higher_is_better=False)
+    assert best == {("a", "post_ln"): 1e-3, ("a", "rskip_ln-2"): 2e-3, ("b", "post_ln"): 2e-3,
+                    ("b", "rskip_ln-2"): 1e-3}
+    final = plan_final("text", SETTINGS, best)
+    assert len(final) == 2 * 2 * 2 and {s.phase for s in final} == {"final"}
+    assert {(s.depth, s.variant.key): s.learning_rate for s in final} == best
+    assert plan_search("text", {**SETTINGS, "lr_grid": [1e-3]}) == []
+    assert {s.learning_rate for s in plan_final("text", {**SETTINGS, "lr_grid": [7e-4]}, {})} == {7e-4}
+
+
+def test_search_at_the_final_budget_reuses_the_chosen_run_as_the_first_seeds_final(tmp_path):
+    settings = {**SETTINGS, "search_steps": "final"}
+    search = plan_search("text", settings)
+    assert {(s.phase, s.steps, s.seed) for s in search} == {("final", 9, 0)}
+    with pytest.raises(ValueError, match="vision: search_steps='final' is for text only"):
+        plan_search("vision", settings)
+    calls: list[str] = []
+
+    def fake_train(spec: RunSpec) -> dict:  # validation NLL lowest at 2e-3 for post_ln, 1e-3 for rskip
+        calls.append(spec.run_id)
+        nll = {("post_ln", 1e-3): 4.0, ("post_ln", 2e-3): 3.0, ("rskip_ln-2", 1e-3): 3.0,
+               ("rskip_ln-2", 2e-3): 5.0}[(spec.variant.key, spec.learning_rate)]
+        return {"selection_score": nll, "metric": 100 * spec.learning_rate + spec.seed, "metric_name": "BLEU",
+                "history": [{"step": spec.steps, "loss": nll}]}
+
+    preset = {"text": {**settings, "depths": {"a": {}}}, "jobs": 1}
+    summary = reproduce(preset, tmp_path, tasks=["text"], gradients=False, train_fn=fake_train, log=lambda _: None)
+    # 2 variants x 2 rates for seed 0, then seed 1 at the chosen rate only: nothing is trained twice
+    assert len(calls) == len(set(calls)) == 2 * 2 + 2
+    assert summary["learning_rates"] == {"text": {"a/post_ln": 2e-3, "a/rskip_ln-2": 1e-3}}
+    rows = {row["variant"]: row for row in summary["rows"]}
+    assert rows["post_ln"]["values"] == [0.2, 1.2] and rows["rskip_ln-2"]["values"] == [0.1, 1.1]
+    assert len(summary["runs"]) == 6  # every run listed once, the other rates of the search included
+    table = (tmp_path / "table.md").read_text()
+    assert "| lr 0.001 | lr 0.002 |" in table
+    assert "| a | Post-LN | 4.000 / 0.10 | **3.000 / 0.20** |" in table
+    assert "| a | rSkip+LN λ=2 | **3.000 / 0.10** | 5.000 / 0.20 |" in table
+
+
+def test_search_table_marks_diverged_runs_and_the_chosen_rate():
+    runs = [{"spec": RunSpec("vision", "r20", Variant.parse(v), lr, 0, "search", 60).to_dict(), "selection_score": s}
+            for v, lr, s in (("xskip-1", 0.1, 30.0), ("xskip-1", 0.2, float("nan")), ("pre_ln", 0.1, 25.5))]
+    table = search_table(runs, {"vision": {"r20/xskip-1": 0.1, "r20/pre_ln": 0.1}})
+    assert "CIFAR-10 learning-rate search (60 steps, seed 0; held-out accuracy (%))" in table
+    assert "| r20 | xSkip λ=1 | **30.000** | diverged |" in table
+    assert "| r20 | Pre-LN | **25.500** | – |" in table
+
+
+def test_run_specs_saves_each_result_and_skips_finished_runs(tmp_path):
+    calls: list[str] = []
+
+    def fake_train(spec: RunSpec) -> dict:
+        calls.append(spec.run_id)
+        return {"metric": float(spec.seed), "history": []}
+
+    specs = plan_final("text", SETTINGS, {})
+    first = run_specs(specs[:3], fake_train, tmp_path, log=lambda _: None)
+    report = run_specs(specs, fake_train, tmp_path, only_existing=True, log=lambda _: None)
+    assert [r["run_id"] for r in report] == [s.run_id for s in specs[:3]] and len(calls) == 3
+    again = run_specs(specs, fake_train, tmp_path, log=lambda _: None)
+    assert len(calls) == len(specs)  # the first three were not trained twice
+    assert [r["run_id"] for r in again] == [s.run_id for s in specs]
+    assert again[:3] == [json.loads(json.dumps(r, default=str)) for r in first]
+    assert RunSpec.from_dict(again[0]["spec"]) == specs[0]
+
+
+def _final(task, depth, variant, seed, metric, diverged=False):
+    spec = RunSpec(task, depth, Variant.parse(variant), 1e-3, seed, "final", 10)
+    return {"spec": spec.to_dict(), "metric": metric, "metric_name": "BLEU", "diverged": diverged,
+            "history": [{"step": 5, "loss": 5.0 - seed}, {"step": 10, "loss": 4.0, "valid_nll": 4.5}]}
+
+
+def test_aggregate_compare_and_table():
+    results = [_final("text", "3+3", "post_ln", s, m) for s, m in ((0, 20.0), (1, 22.0))]
+    results += [_final("text", "3+3", "rskip_ln-2", s, m) for s, m in ((0, 17.0), (1, 18.0))]
+    results += [_final("text", "3+3", "xskip-2", s, m) for s, m in ((0, 20.5), (1, 22.5))]
+    results += [_final("text", "3+3", "xskip-1", 0, float("nan"), diverged=True)]
+    rows = compare_to_reference(aggregate(results))
+    by = {r["variant"]: r for r in rows}
+    assert by["post_ln"]["mean"] == 21.0 and by["post_ln"]["std"] == pytest.approx(math.sqrt(2))
+    assert by["rskip_ln-2"]["delta"] == pytest.approx(-3.5)
+    assert by["rskip_ln-2"]["beyond_spread"] is True  # 3.5 > 1.41 + 0.71
+    assert by["xskip-2"]["beyond_spread"] is False
+    assert by["xskip-1"]["values"] == [0.0] and by["xskip-1"]["diverged"] == 1
+    assert by["xskip-1"]["beyond_spread"] is None  # one seed: no spread to compare with
+    table = markdown_table(rows)
+    assert "| 3+3 | rSkip+LN λ=2 | 0.001 | 17.50 ± 0.71 | 2 | -3.50 | **yes** |" in table
+    assert "| 3+3 | Post-LN | 0.001 | 21.00 ± 1.41 | 2 | (reference) | – |" in table
+    assert "n/a (1 seed)" in table and "(1 diverged)" in table
+
+
+def test_plots_are_written(tmp_path):
+    results = [_final("text", d, v, s, 10.0 + s) for d in ("3+3", "12+12") for v in ("post_ln", "rskip_ln-2")
+               for s in (0, 1)]
+    rows = compare_to_reference(aggregate(results))
+    assert plot_metric(rows, "text", tmp_path / "m.png").stat().st_size > 0
+    assert plot_learning_curves(results, "text", tmp_path / "c.png").stat().st_size > 0
+    assert plot_metric(rows, "vision", tmp_path / "v.png") is None
+    profile = {"param": {"encoder.layers.0": 1.0, "encoder.layers.1": 0.5, "decoder.layers.0": 2.0},
+               "output": {"encoder.layers.0": 1.0, "encoder.layers.1": 0.5, "decoder.layers.0": 2.0}}
+    analysis = {"settings": {"steps": 3}, "text": {"post_ln": {"init": profile, "trained": profile}}}
+    assert plot_grad_norms(analysis, tmp_path / "g.png").stat().st_size > 0
+
+
+def test_micro_sweep_end_to_end_with_the_real_training_code(tmp_path, shared_data):
+    """Both tasks, an LR search, two seeds, the gradient analysis, on the staged data, in a few seconds."""
+    preset = get_preset("smoke", {
+        "text": {"data": {"max_train_pairs": 300, "max_valid_pairs": 20, "max_test_pairs": 10, "vocab_size": 200,
+                          "max_length": 24},
+                 "depths": {"1+1": {"d_model": 16, "encoder_layers": 1, "decoder_layers": 1,
+                                    "encoder_attention_heads": 2, "decoder_attention_heads": 2,
+                                    "encoder_ffn_dim": 32, "decoder_ffn_dim": 32}},
+                 "search_steps": 2, "steps": 3, "eval_every": 2, "max_tokens": 512},
+        "vision": {"data": {"max_train_images": 48, "max_test_images": 32, "held_out": 16},
+                   "depths": {"resnet-8": {"depth": 8, "hidden_sizes": [4, 8, 8]}},
+                   "variants": [["xskip", 1], ["rskip_ln", 2, "batch"]], "lr_grid": [0.05, 0.1],
+                   "search_steps": 1, "steps": 2, "batch_size": 16, "eval_every": 1},
+        "grad": {"text_size": {"d_model": 16, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 2,
+                               "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32},
+                 "resnet_depth": 8, "steps": 1, "batch_pairs": 4, "resnet_batch": 4,
+                 "variants": [["post_ln", 1], ["rskip_ln", 2]]},
+    })
+    summary = reproduce(preset, tmp_path, preset_name="micro", command="pytest", log=lambda _: None)
+    assert {(r["task"], r["variant"]) for r in summary["rows"]} == {
+        ("text", "post_ln"), ("text", "rskip_ln-2"), ("vision", "xskip-1"), ("vision", "rskip_ln-2-bn")}
+    assert all(r["n"] == 2 for r in summary["rows"])
+    assert set(summary["learning_rates"]["text"]) == {"1+1/post_ln", "1+1/rskip_ln-2"}
+    assert summary["data"]["text"]["test_pairs"] == 10
+    text_final = [r for r in summary["runs"] if r["spec"]["task"] == "text" and r["spec"]["phase"] == "final"]
+    assert all("BLEU" in r["bleu_signature"] or r["bleu_signature"] for r in text_final)
+    grads = summary["gradient_analysis"]
+    assert list(grads["text"]["rskip_ln-2"]["init"]["param"])[:1] == ["encoder.layers.0"]
+    assert set(grads["vision"]) == {"xskip-1", "post_ln", "rskip_ln-2"}
+    for name in ("results.json", "table.md", "text_metric.png", "text_curves.png", "vision_metric.png",
+                 "grad_norms_param.png", "grad_norms_output.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    table = (tmp_path / "table.md").read_text()
+    assert "Δ > seed spread?" in table and "Gradient norm per layer" in table

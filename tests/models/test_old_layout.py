@@ -1,0 +1,54 @@
+"""Folders saved by hf_rskip 0.1 (modules at the package's top level) still load after the reorganisation into
+models/ data/ training/: with the package's classes, and as remote code where the package is absent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+from tests.conftest import FIXTURES
+
+
+def test_a_translation_model_saved_before_the_change_loads_and_gives_the_same_logits() -> None:
+    from transformers import AutoModelForSeq2SeqLM
+
+    import hf_rskip
+
+    folder = FIXTURES / "old_layout_rskip"
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+    assert isinstance(model, hf_rskip.RSkipForConditionalGeneration)
+    logits = model(input_ids=torch.tensor([[5, 6, 7, 1]]), decoder_input_ids=torch.tensor([[0, 5, 9]])).logits
+    torch.testing.assert_close(logits, torch.load(folder / "expected_logits.pt"), rtol=0, atol=0)
+
+
+def test_a_resnet_saved_before_the_change_loads_and_gives_the_same_logits() -> None:
+    from transformers import AutoModelForImageClassification
+
+    import hf_rskip
+
+    folder = FIXTURES / "old_layout_resnet"
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    assert isinstance(model, hf_rskip.RSkipResNetForImageClassification)
+    pixels = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model(pixel_values=pixels).logits, torch.load(folder / "expected_logits.pt"),
+                               rtol=0, atol=0)
+
+
+def test_old_folders_load_as_remote_code_without_the_package() -> None:
+    probe = textwrap.dedent(f"""
+        import sys, torch
+        sys.modules['hf_rskip'] = None  # `import hf_rskip` fails, wherever the package is installed
+        from transformers import AutoModelForImageClassification, AutoModelForSeq2SeqLM
+        text = AutoModelForSeq2SeqLM.from_pretrained({str(FIXTURES / 'old_layout_rskip')!r}, trust_remote_code=True)
+        image = AutoModelForImageClassification.from_pretrained({str(FIXTURES / 'old_layout_resnet')!r},
+                                                                trust_remote_code=True)
+        print(type(text).__module__.split('.')[0], type(image).__module__.split('.')[0])
+        """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd="/", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["transformers_modules", "transformers_modules"]

@@ -1,0 +1,234 @@
+"""What every training script shares (hf_rskip.training.job and its loop), tested on both: an exact resume after
+SIGKILL, checkpoints that are model folders, the output folder's rules, resuming a finished run, non-finite losses,
+a changed model on resume, one run per folder, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
+
+from hf_rskip.training.checkpointing import list_checkpoints
+from hf_rskip.training.cli import main
+from hf_rskip.training.image_classification import run_image_classification
+from hf_rskip.training.translation import run_translation
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+TASKS = {
+    "translation": dict(
+        script="run_translation.py", run=run_translation, auto="AutoModelForSeq2SeqLM",
+        tiny=["--preset", "tiny", "--builtin_num_train", "300", "--builtin_num_valid", "8", "--builtin_num_test", "8",
+              "--vocab_size", "200", "--max_tokens", "384", "--num_beams", "1", "--num_warmup_steps", "4",
+              "--logging_steps", "2", "--eval_steps", "no", "--threads", "1"],
+        diverge=["--residual_scheme", "xskip", "--skip_lambda", "1e30"],
+        other_lambda=["--skip_lambda", "3"]),
+    "image": dict(
+        script="run_image_classification.py", run=run_image_classification, auto="AutoModelForImageClassification",
+        tiny=["--depth", "8", "--hidden_sizes", "4", "8", "8", "--per_device_train_batch_size", "16", "--image_size", "8",
+              "--max_train_samples", "96", "--max_eval_samples", "32", "--logging_steps", "2", "--eval_steps", "no",
+              "--threads", "1"],
+        # (xskip's λ·x does not overflow here: every stage's pre-activation BatchNorm rescales it)
+        diverge=["--learning_rate", "1e38"],
+        other_lambda=["--skip_lambda", "3"]),
+}
+
+
+def run_in_process(task: str, *argv: str):
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    spec = TASKS[task]
+    return main(spec["run"], spec["script"], [*spec["tiny"], *argv])
+
+
+def run_script(task: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    spec = TASKS[task]
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / spec["script"]), *spec["tiny"], *argv],
+                          capture_output=True, text=True, timeout=400, env=ENV, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def weights_equal(a: Path, b: Path) -> None:
+    first, second = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(second[key], first[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_sigkill_then_resume_latest_gives_the_weights_of_an_uninterrupted_run(task: str, tmp_path: Path) -> None:
+    args = ["--max_train_steps", "24", "--checkpointing_steps", "4", "--seed", "7"]
+    full = tmp_path / "full"
+    run_script(task, "--output_dir", str(full), *args)
+
+    part = tmp_path / "part"
+    spec = TASKS[task]
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / spec["script"]), *spec["tiny"],
+                             "--output_dir", str(part), *args], env=ENV, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    try:
+        while not list_checkpoints(part / "checkpoints"):  # only sealed checkpoints count
+            assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (part / "results.json").exists(), "the run finished before the kill; the test proves nothing"
+    killed_at = [p.name for p in list_checkpoints(part / "checkpoints")]
+    assert killed_at and killed_at[-1] != "checkpoint-24"
+
+    run_script(task, "--output_dir", str(part), *args, "--resume_from_checkpoint", "latest")
+    results = json.loads((part / "results.json").read_text())
+    full_results = json.loads((full / "results.json").read_text())
+    assert results["resumed_from"].endswith(killed_at[-1]) and results["train_steps"] == 24
+    weights_equal(full, part)
+    unit = "tokens" if task == "translation" else "images"
+    # the throughput counts of the whole run were kept in the checkpoints
+    assert results[f"train_{unit}_per_second"] > 0 and results["train_loss"] == pytest.approx(full_results["train_loss"])
+    key = "test_bleu" if task == "translation" else "eval_accuracy"
+    assert results[key] == full_results[key]
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_checkpoints_load_as_models_and_a_finished_run_resumes_without_damage(task: str, tmp_path: Path) -> None:
+    import transformers
+
+    import hf_rskip  # noqa: F401
+
+    out = tmp_path / "out"
+    first = run_in_process(task, "--output_dir", str(out), "--max_train_steps", "4", "--checkpointing_steps", "2")
+    for step in (2, 4):
+        model = getattr(transformers, TASKS[task]["auto"]).from_pretrained(out / "checkpoints" / f"checkpoint-{step}")
+        assert type(model).__module__.startswith("hf_rskip.models")
+    if task == "translation":  # complete for a pipeline: the tokenizer is in every checkpoint
+        assert (out / "checkpoints" / "checkpoint-2" / "tokenizer.json").is_file()
+    else:
+        assert (out / "checkpoints" / "checkpoint-2" / "preprocessor_config.json").is_file()
+    again = run_in_process(task, "--output_dir", str(out), "--max_train_steps", "4", "--checkpointing_steps", "2",
+                           "--resume_from_checkpoint", "latest")
+    assert again["train_loss"] == first["train_loss"]  # kept from the checkpoint, not NaN
+    assert json.loads((out / "results.json").read_text())["train_loss"] == first["train_loss"]
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_a_finished_run_is_never_lost(task: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    run_in_process(task, "--output_dir", str(out), "--max_train_steps", "2")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    # run into it without a decision: refused before anything is written
+    with pytest.raises(SystemExit) as exit_info:
+        run_in_process(task, "--output_dir", str(out), "--max_train_steps", "2")
+    assert exit_info.value.code == 2 and "holds a finished run" in capsys.readouterr().err
+    # a run that fails (here: it diverges) changes nothing
+    with pytest.raises(SystemExit):
+        run_in_process(task, "--output_dir", str(out), "--overwrite_output_dir", *TASKS[task]["diverge"],
+                       "--max_train_steps", "3")
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".hf_rskip")}
+    assert after == {k: v for k, v in before.items() if not k.startswith(".hf_rskip")}
+    # with --overwrite_output_dir a successful run replaces it
+    run_in_process(task, "--output_dir", str(out), "--overwrite_output_dir", "--max_train_steps", "3")
+    assert json.loads((out / "results.json").read_text())["train_steps"] == 3
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_a_diverging_run_stops_with_a_message_and_saves_no_non_finite_weights(task: str, tmp_path: Path,
+                                                                              capsys) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        run_in_process(task, "--output_dir", str(out), *TASKS[task]["diverge"], "--max_train_steps", "6",
+                       "--checkpointing_steps", "1")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1, err
+    assert " is nan at step " in err or " is inf at step " in err, err
+    assert "training stopped and nothing after it was saved" in err
+    assert not (out / "model.safetensors").exists() and not (out / "results.json").exists()
+    for checkpoint in list_checkpoints(out / "checkpoints"):  # whatever was saved before is finite
+        assert all(torch.isfinite(t).all() for t in load_file(str(checkpoint / "model.safetensors")).values())
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_resuming_with_another_lambda_is_an_error_naming_it(task: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    run_in_process(task, "--output_dir", str(out), "--max_train_steps", "2", "--checkpointing_steps", "2")
+    with pytest.raises(SystemExit) as exit_info:
+        run_in_process(task, "--output_dir", str(out), "--max_train_steps", "4", "--checkpointing_steps", "2",
+                       "--resume_from_checkpoint", "latest", *TASKS[task]["other_lambda"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "was written by a different model (skip_lambda: 2 in the checkpoint, 3 now)" in err, err
+
+
+def test_resuming_with_another_vocabulary_size_is_an_error_naming_it(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    run_in_process("translation", "--output_dir", str(out), "--max_train_steps", "2", "--checkpointing_steps", "2")
+    with pytest.raises(SystemExit) as exit_info:
+        run_in_process("translation", "--output_dir", str(out), "--max_train_steps", "4", "--checkpointing_steps", "2",
+                       "--resume_from_checkpoint", "latest", "--vocab_size", "300")
+    assert exit_info.value.code == 2
+    assert "--vocab_size: 200 in the checkpoint, 300 now" in capsys.readouterr().err
+
+
+def test_two_runs_on_one_folder_and_ctrl_c(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    spec = TASKS["translation"]
+    first = subprocess.Popen([sys.executable, str(REPO / "scripts" / spec["script"]), *spec["tiny"], "--output_dir",
+                              str(out), "--max_train_steps", "100000", "--checkpointing_steps", "3"], env=ENV,
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list_checkpoints(out / "checkpoints"):
+            assert first.poll() is None, first.stderr.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = run_script("translation", "--output_dir", str(out), "--max_train_steps", "2",
+                            "--resume_from_checkpoint", "latest", check=False)
+        assert second.returncode == 2
+        assert f"is in use by another run (process {first.pid})" in second.stderr
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    last = list_checkpoints(out / "checkpoints")[-1]
+    assert f"the last checkpoint is {last}; continue with --resume_from_checkpoint latest" in err
+
+
+def test_sentence_batches_and_options_from_a_json_file(tmp_path: Path) -> None:
+    AcceleratorState._reset_state(True)
+    results = main(run_translation, "run_translation.py",
+                   [*[a for a in TASKS["translation"]["tiny"] if a not in ("--max_tokens", "384")],
+                    "--output_dir", str(tmp_path / "a"), "--max_train_steps", "3", "--per_device_train_batch_size",
+                    "32"])
+    assert results["train_steps"] == 3 and results["options"]["per_device_train_batch_size"] == 32
+    assert results["options"]["max_tokens"] is None
+    file = tmp_path / "args.json"
+    file.write_text(json.dumps({"output_dir": str(tmp_path / "b"), "max_train_steps": 2, "preset": "tiny",
+                                "builtin_num_train": 200, "vocab_size": 200, "eval_steps": "no", "threads": "1"}))
+    AcceleratorState._reset_state(True)
+    results = main(run_translation, "run_translation.py", [str(file)])
+    assert results["train_steps"] == 2 and (tmp_path / "b" / "model.safetensors").is_file()
