@@ -43,7 +43,9 @@ logger = logging.getLogger(__name__)
 
 from hf_rskip.data.recipes import shared_data_dir
 
-TASKS: tuple[str, ...] = ("text", "vision")
+TASKS: tuple[str, ...] = ("map", "text", "vision")
+"""The parts of a preset: the trainability map (``map``), the trained comparisons on Multi30k (``text``) and on
+CIFAR-10 (``vision``)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,6 +153,10 @@ _VISION_VARIANTS = [("xskip", 1), ("xskip", 2), ("post_ln", 1), ("pre_ln", 1), (
                     ("rskip_ln", 3), ("post_ln", 1, "batch"), ("xskip_ln", 2, "batch"), ("rskip_ln", 2, "batch")]
 
 
+#: The schemes of the trainability map: the paper's, with xSkip's λ = 2 without and with LN.
+_MAP_VARIANTS = [("post_ln", 1), ("pre_ln", 1), ("xskip", 2), ("xskip_ln", 2), ("rskip_ln", 2), ("rskip_ln", 3)]
+
+
 def _text_size(d_model: int, layers: int, heads: int = 4) -> dict[str, int]:
     return dict(d_model=d_model, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads,
                 decoder_attention_heads=heads, encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model)
@@ -179,6 +185,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         grad=dict(text_size=_text_size(32, 6), resnet_depth=20, steps=5, batch_pairs=16, resnet_batch=16,
                   text_lr=5e-4, vision_lr=0.05,
                   variants=[("post_ln", 1), ("pre_ln", 1), ("xskip", 2), ("rskip_ln", 2)]),
+        map=dict(d_model=32, heads=2, depths=[1, 2], variants=[("post_ln", 1), ("rskip_ln", 2)], lr_grid=[1e-3, 4e-3],
+                 seeds=[0], steps=6, warmup_steps=2, max_tokens=512, dropout=0.1, label_smoothing=0.1,
+                 max_grad_norm=1.0, weight_decay=1e-4, probe_pairs=8, logging_steps=2),
     ),
     # <= 2 hours on 2 CPU cores: two single-thread runs at once (on this machine's small models that beats one
     # run on two threads, and a busy machine keeps a fair share); from measured run times about 90 minutes of sweeps
@@ -205,6 +214,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         ),
         grad=dict(text_size=_text_size(64, 18), resnet_depth=110, steps=30, batch_pairs=64, resnet_batch=32,
                   text_lr=5e-4, vision_lr=0.05, variants=_TEXT_VARIANTS),
+        # 6 schemes x 3 depths x 4 rates x 2 seeds = 144 runs of 150 steps (d_model 64, 1,024-token batches, a short
+        # warm-up of 30 steps: where Post-LN is expected to break)
+        map=dict(d_model=64, heads=4, depths=[6, 12, 24], variants=_MAP_VARIANTS,
+                 lr_grid=[5e-4, 1.5e-3, 4.5e-3, 1.35e-2], seeds=[0, 1], steps=150, warmup_steps=30, max_tokens=1024,
+                 dropout=0.1, label_smoothing=0.1, max_grad_norm=1.0, weight_decay=1e-4, probe_pairs=32,
+                 logging_steps=10),
     ),
     # Many small runs at once on one GPU (bf16), 8 worker processes: an estimate from step times of models this size,
     # not yet timed on a GPU (about 10 minutes before the text search moved to the final budget, so ~15 now).
@@ -783,6 +798,10 @@ class ReproduceContext:
             return train_text_run(spec, self.preset["text"], self.text_data)
         if spec.task == "vision":
             return train_vision_run(spec, self.preset["vision"], self.vision_data)
+        if spec.task == "map":
+            from .trainability import train_map_run
+
+            return train_map_run(spec, self.preset["map"], self.text_data)
         raise ValueError(f"task={spec.task!r} is unknown; accepted: {list(TASKS)}")
 
 
@@ -1206,12 +1225,22 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
     jobs = int(preset.get("jobs", 1)) if train_fn is None else 1
     if jobs > 1 and sweeps:
         for task in tasks:  # build the tokenizer once here, so the worker processes all load the same one
-            if task == "text":
+            if task in ("text", "map"):
                 context.text_data  # noqa: B018
     search_results: list[dict[str, Any]] = []
     final_results: list[dict[str, Any]] = []  # the runs that the table reports (not the other rates of a search)
     chosen_lr: dict[str, dict[str, float]] = {}
-    for task in tasks if sweeps else ():
+    map_rows: list[dict[str, Any]] = []
+    if sweeps and "map" in tasks and "map" in preset:
+        from .trainability import aggregate_map, map_specs
+
+        map_runs = run_specs(map_specs(preset["map"]), train, out_dir, jobs=jobs, preset=preset,
+                             only_existing=report_only, log=log)
+        map_rows = aggregate_map(map_runs)
+        search_results += []  # the map is reported on its own
+    for task in [t for t in tasks if t != "map"] if sweeps else ():
+        if task not in preset:
+            continue
         settings = preset[task]
         search = run_specs(plan_search(task, settings), train, out_dir, jobs=jobs, preset=preset,
                            only_existing=report_only, log=log)
@@ -1235,7 +1264,13 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
         analysis = gradient_analysis(preset, context, tasks=tasks, log=log) if gradients else None
 
     plots: dict[str, str] = {}
-    for task in tasks:
+    if map_rows:
+        from .trainability import plot_map
+
+        made = plot_map(map_rows, out_dir / "trainability_map.png")
+        if made:
+            plots["trainability_map"] = made.name
+    for task in [t for t in tasks if t != "map"]:
         for name, maker in (("metric", plot_metric), ("curves", plot_learning_curves)):
             source = rows if name == "metric" else final_results
             made = maker(source, task, out_dir / f"{task}_{name}.png")
@@ -1254,6 +1289,15 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
     header += ["Every scheme: same size, data, steps and seeds; its own learning rate from the grid "
                f"(chosen on held-out data): {json.dumps(chosen_lr)}.", ""]
     body = header + [table]
+    if map_rows:
+        from .trainability import map_table, ratio_table
+
+        settings = preset["map"]
+        body += ["### Trainability map (validation NLL after "
+                 f"{settings['steps']} steps; d_model {settings['d_model']}, {settings['warmup_steps']} warm-up steps; "
+                 f"seeds {settings['seeds']})", "", map_table(map_rows),
+                 f"First-over-last layer gradient norm ratio (median over seeds) at lr {settings['lr_grid'][1]:g}:",
+                 "", ratio_table(map_rows, settings["lr_grid"][1])]
     if search_results:
         body += ["### The learning-rate search (the chosen rate in bold)", "", search_table(search_results, chosen_lr)]
     if analysis is not None:
@@ -1265,7 +1309,7 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
         "wall_s": round(time.perf_counter() - started, 1), "learning_rates": chosen_lr, "rows": rows,
         "data": {"text": context._text.description if context._text else None,
                  "vision": context._vision.description if context._vision else None},
-        "gradient_analysis": analysis, "plots": plots,
+        "gradient_analysis": analysis, "plots": plots, "map": map_rows,
         "runs": [{k: v for k, v in r.items() if k != "history"} for r in all_results],
     }
     _save_json(out_dir / "results.json", summary)
