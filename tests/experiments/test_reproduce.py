@@ -216,3 +216,41 @@ def test_micro_sweep_end_to_end_with_the_real_training_code(tmp_path, shared_dat
         assert (tmp_path / name).stat().st_size > 0, name
     table = (tmp_path / "table.md").read_text()
     assert "Δ > seed spread?" in table and "Gradient norm per layer" in table
+
+
+def test_paired_bootstrap_finds_a_real_difference_and_not_a_fake_one():
+    from experiments.reproduce import add_significance, paired_bootstrap
+
+    references = [f"the cat number {i} sat on the mat today" for i in range(200)]
+    good = list(references)
+    bad = [f"a dog number {i} stood near a mat" for i in range(200)]
+    strong = paired_bootstrap(bad, good, references, samples=200)
+    assert strong["delta"] > 50 and strong["p_value"] < 0.05
+    # two systems as good as each other, on different halves of the test set: no significant difference
+    first, second = good[:100] + bad[100:], bad[:100] + good[100:]
+    even = paired_bootstrap(first, second, references, samples=200)
+    assert abs(even["delta"]) < 2 and even["p_value"] > 0.2
+    spec = {"task": "text", "depth": "3+3", "phase": "final", "steps": 1, "learning_rate": 1e-3}
+    results = [{"spec": {**spec, "variant": v, "seed": s}, "test_hypotheses": h}
+               for v, h in (("post_ln", bad), ("rskip_ln-2", good)) for s in (0, 1)]
+    rows = [{"task": "text", "depth": "3+3", "variant": "post_ln", "seeds": [0, 1]},
+            {"task": "text", "depth": "3+3", "variant": "rskip_ln-2", "seeds": [0, 1]}]
+    out = add_significance(rows, results, references)
+    assert "bootstrap" not in out[0] and out[1]["significant_seeds"] == 2
+    assert [t["seed"] for t in out[1]["bootstrap"]] == [0, 1]
+
+
+def test_trainability_map_micro_run_records_divergence_and_gradient_ratios(tmp_path, shared_data):
+    preset = get_preset("smoke", {"map": {"depths": [1, 2], "lr_grid": [1e-3, 1e9], "steps": 3, "warmup_steps": 1,
+                                          "variants": [["post_ln", 1], ["xskip", 2]], "max_tokens": 256},
+                                  "text": {"data": {"max_train_pairs": 200, "max_valid_pairs": 16,
+                                                    "max_test_pairs": 8, "vocab_size": 200, "max_length": 24}}})
+    summary = reproduce(preset, tmp_path, tasks=["map"], gradients=False, preset_name="micro-map", command="pytest",
+                        log=lambda _: None)
+    cells = {(r["variant"], r["depth"], r["learning_rate"]): r for r in summary["map"]}
+    assert len(cells) == 8
+    assert cells[("post_ln", "1+1", 1e9)]["diverged"] == 1  # an absurd rate diverges, and is recorded as such
+    assert math.isfinite(cells[("post_ln", "2+2", 1e-3)]["mean_nll"])
+    assert math.isfinite(cells[("post_ln", "2+2", 1e-3)]["ratio_init_decoder"])
+    assert (tmp_path / "trainability_map.png").stat().st_size > 0
+    assert "Trainability map" in (tmp_path / "table.md").read_text()
