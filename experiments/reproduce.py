@@ -741,11 +741,14 @@ def train_vision_run(spec: RunSpec, settings: Mapping[str, Any], data: VisionDat
     from hf_rskip.training import ImageClassificationTask, LoopConfig, NonFiniteLossError, evaluate_classifier, train
     from hf_rskip.training.optim import build_optimizer, build_scheduler
 
-    accelerator = _accelerator()
+    accelerator = _accelerator(settings.get("mixed_precision"))
     set_seed(spec.seed)
     size = settings["depths"][spec.depth]
     model = RSkipResNetForImageClassification(RSkipResNetConfig(
         depth=size["depth"], hidden_sizes=list(size["hidden_sizes"]), num_labels=10, **spec.variant.config_options()))
+    channels_last = bool(settings.get("channels_last"))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if spec.phase == "search":
         images, labels = data.search_images, data.search_labels
         eval_images, eval_labels, prefix = data.held_out_images, data.held_out_labels, "held_out"
@@ -766,14 +769,15 @@ def train_vision_run(spec: RunSpec, settings: Mapping[str, Any], data: VisionDat
                         max_grad_norm=None, eval_steps=settings["eval_every"],
                         logging_steps=max(1, settings["eval_every"] // 4), show_progress=False)
     task = ImageClassificationTask(mean=CIFAR10_MEAN, std=CIFAR10_STD, eval_dataloader=eval_loader,
-                                   accelerator=accelerator)
+                                   accelerator=accelerator, channels_last=channels_last)
     try:
         result = train(accelerator, model, optimizer, scheduler, loader, task, config)
     except NonFiniteLossError as err:
         return {"task": "vision", "selection_score": math.nan, "diverged": True, "diverged_at": err.step,
                 "history": [], "metric_name": "accuracy (%)", "metric": 0.0 if spec.phase == "final" else None,
                 "device": str(accelerator.device)}
-    final = evaluate_classifier(model, eval_loader, accelerator, mean=CIFAR10_MEAN, std=CIFAR10_STD, prefix=prefix)
+    final = evaluate_classifier(model, eval_loader, accelerator, mean=CIFAR10_MEAN, std=CIFAR10_STD, prefix=prefix,
+                                channels_last=channels_last)
     accuracy = 100.0 * final[f"{prefix}_accuracy"]
     history = [{k: v for k, v in record.items() if k in ("step", "loss", "accuracy", "eval_accuracy")}
                for record in result.history]

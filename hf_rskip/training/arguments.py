@@ -531,6 +531,8 @@ class ImageTrainingArguments(RunArguments):
         "R G B normalization mean on the [0, 1] scale"))
     image_std: list[float] = field(default_factory=lambda: list(CIFAR10_STD), metadata=_help(
         "R G B normalization std"))
+    channels_last: bool = field(default=False, metadata=_help(
+        "NHWC memory layout for model and batches (faster convolutions on CPUs and GPUs)"))
 
     def __post_init__(self) -> None:
         super().__post_init__()

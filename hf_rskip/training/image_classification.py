@@ -76,9 +76,11 @@ class ImageClassificationJob(TrainingJob):
     def accelerator_kwargs(self) -> dict[str, Any]:
         from accelerate.utils import DistributedDataParallelKwargs
 
-        # a model loaded from a folder may hold layers this task does not use (e.g. an old pre_ln ResNet)
+        # this package's models use every parameter (a pre_ln folder saved by 0.2 loads without its unused norms);
+        # code shipped with a folder (--trust_remote_code) may not: a 0.2 pre_ln folder's own code builds them
+        margs = self.model_args
         return {"kwargs_handlers": [DistributedDataParallelKwargs(
-            find_unused_parameters=self.model_args.model_name_or_path is not None)]}
+            find_unused_parameters=margs.model_name_or_path is not None and margs.trust_remote_code)]}
 
     def load_data(self) -> None:
         from ..data.images import (ImageDataError, load_digits_splits, load_hub_splits, load_image_folder,
@@ -153,12 +155,14 @@ class ImageClassificationJob(TrainingJob):
             from .arguments import ArgumentError
 
             try:
-                return AutoModelForImageClassification.from_pretrained(
+                model = AutoModelForImageClassification.from_pretrained(
                     margs.model_name_or_path, id2label=id2label, label2id=label2id,
                     ignore_mismatched_sizes=margs.ignore_mismatched_sizes, trust_remote_code=margs.trust_remote_code)
             except (OSError, ValueError) as err:
                 raise ArgumentError(f"--model_name_or_path {margs.model_name_or_path!r}: {err}") from None
-        return RSkipResNetForImageClassification(margs.fresh_config(id2label=id2label, label2id=label2id))
+            return model.to(memory_format=torch.channels_last) if self.args.channels_last else model
+        model = RSkipResNetForImageClassification(margs.fresh_config(id2label=id2label, label2id=label2id))
+        return model.to(memory_format=torch.channels_last) if self.args.channels_last else model
 
     def describe(self, model: nn.Module) -> str:
         config = model.config
@@ -208,14 +212,14 @@ class ImageClassificationJob(TrainingJob):
         return ImageClassificationTask(mean=args.image_mean, std=args.image_std,
                                        random_crop_padding=args.random_crop_padding,
                                        horizontal_flip=args.horizontal_flip, eval_dataloader=self.eval_loader,
-                                       accelerator=self.accelerator)
+                                       accelerator=self.accelerator, channels_last=args.channels_last)
 
     def final_evaluation(self, model: nn.Module, folder: Path) -> dict[str, Any]:
         from .tasks import evaluate_classifier
 
         loader = getattr(self, "eval_loader", None) or self._eval_loader()
         results = dict(evaluate_classifier(model, loader, self.accelerator, mean=self.args.image_mean,
-                                           std=self.args.image_std))
+                                           std=self.args.image_std, channels_last=self.args.channels_last))
         config = self.accelerator.unwrap_model(model, keep_torch_compile=False).config
         results.update(depth=config.depth, hidden_sizes=list(config.hidden_sizes), block_norm=config.block_norm,
                        learning_rate=self.args.learning_rate, lr_scheduler_type=self.args.lr_scheduler_type,
