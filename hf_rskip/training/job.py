@@ -223,6 +223,17 @@ class TrainingJob:
             raise CheckpointError(f"checkpoint {self.resume} was written by a run with other options "
                                   f"({'; '.join(differences)}); resume with that run's options")
 
+    def _check_precision(self, model: nn.Module) -> None:
+        """float16 cannot hold a residual stream that a scheme multiplies by λ > 1 many times: refuse, before
+        training, what would be a NaN at the first step."""
+        from ..models.residual import fp16_overflow_risk
+        from .arguments import ArgumentError
+
+        if self.args.mixed_precision == "fp16":
+            problem = fp16_overflow_risk(model.config)
+            if problem:
+                raise ArgumentError(f"--mixed_precision fp16: {problem}")
+
     def _save_checkpoint_extras(self, folder: Path) -> None:
         self.save_artifacts(folder)
         (folder / "run_options.json").write_text(json.dumps(self.frozen_options(), indent=2, sort_keys=True,
@@ -288,6 +299,7 @@ class TrainingJob:
         self.load_data()
         self._check_frozen_options()
         model = self.build_model()
+        self._check_precision(model)
         if args.overwrite_output_dir and accelerator.is_main_process:
             self.folder.clear_checkpoints()  # the old run's must not be resumed or averaged
         accelerator.wait_for_everyone()

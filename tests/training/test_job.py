@@ -232,3 +232,19 @@ def test_sentence_batches_and_options_from_a_json_file(tmp_path: Path) -> None:
     AcceleratorState._reset_state(True)
     results = main(run_translation, "run_translation.py", [str(file)])
     assert results["train_steps"] == 2 and (tmp_path / "b" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("task, model_options", [
+    ("translation", ["--residual_scheme", "xskip", "--skip_lambda", "2", "--encoder_layers", "6", "--decoder_layers",
+                     "6"]),
+    ("image", ["--residual_scheme", "xskip", "--skip_lambda", "2", "--depth", "32"]),
+])
+def test_fp16_meets_a_model_that_overflows_it_and_is_refused_before_training(task, model_options, tmp_path,
+                                                                            capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_in_process(task, "--output_dir", str(tmp_path / "out"), *model_options, "--mixed_precision", "fp16",
+                       "--max_train_steps", "2")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--mixed_precision fp16: residual_scheme='xskip' with skip_lambda=2" in err and "Use bf16" in err
+    assert not (tmp_path / "out" / "checkpoints").exists()
