@@ -212,12 +212,16 @@ PRESETS: dict[str, dict[str, Any]] = {
             max_tokens=4096, dropout=0.1, label_smoothing=0.1, num_beams=5, length_penalty=1.0, eval_every=100,
             lr_scheduler="inverse_sqrt", weight_decay=1e-4, average_last=3, average_every=50, mixed_precision="bf16",
         ),
+        # PreAct-ResNet-20 on the 4,000 exact CIFAR-10 training images to convergence: 100 epochs (3,200 steps of 128),
+        # SGD lr 0.1 (He et al.'s) with a cosine schedule, weight decay 5e-4, bf16 autocast and channels-last (2.4x
+        # faster here); the plain network passes 70% test accuracy there (a pilot: 70.0% after 80 epochs, 70.7% after
+        # 90). One rate for all three (the standard one; no search on 4,000 images).
         vision=dict(
             data=dict(max_train_images=None, max_test_images=None, held_out=500),
             depths={"resnet-20": dict(depth=20, hidden_sizes=[16, 32, 64])},
-            variants=[("xskip", 1), ("pre_ln", 1), ("rskip_ln", 2), ("rskip_ln", 2, "batch")],
-            seeds=[0, 1], lr_grid=[0.05, 0.1, 0.2], search_steps=60, steps=200, warmup_steps=20, batch_size=128,
-            eval_every=100,
+            variants=[("xskip", 1), ("rskip_ln", 2), ("rskip_ln", 2, "batch")],
+            seeds=[0, 1, 2], lr_grid=[0.1], search_steps=0, steps=3200, warmup_steps=100, batch_size=128,
+            eval_every=640, weight_decay=5e-4, mixed_precision="bf16", channels_last=True,
         ),
         grad=dict(text_size=_text_size(64, 18), resnet_depth=110, steps=30, batch_pairs=64, resnet_batch=32,
                   text_lr=5e-4, vision_lr=0.05, variants=_TEXT_VARIANTS),
