@@ -315,6 +315,8 @@ def generation_call(
     new_tokens: int,
     num_beams: int,
     bench_device: BenchDevice,
+    compiled_forward: Callable | None = None,
+    compile_config: Any = None,
 ) -> Callable[[], torch.Tensor]:
     """One ``generate`` call that always produces exactly ``new_tokens`` tokens per sentence.
 
@@ -327,21 +329,37 @@ def generation_call(
         new_tokens: tokens to generate per sentence.
         num_beams: 1 for greedy search, > 1 for beam search.
         bench_device: gives the autocast context.
+        compiled_forward: decode with a static cache and this compiled ``model.forward`` in place of the model's own
+            (set on the instance for the call); what beam search needs, which transformers does not compile itself.
+        compile_config: decode with a static cache and let ``generate`` compile the forward with this
+            ``transformers.CompileConfig``: the documented path, taken by greedy search.
     """
+    extra: dict[str, Any] = {}
+    if compiled_forward is not None or compile_config is not None:
+        extra["cache_implementation"] = "static"
+    if compile_config is not None:
+        extra["compile_config"] = compile_config
 
     @torch.inference_mode()
     def call() -> torch.Tensor:
-        with bench_device.autocast():
-            return model.generate(
-                **inputs,
-                num_beams=num_beams,
-                do_sample=False,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                early_stopping=False,
-                length_penalty=1.0,
-                use_cache=True,
-            )
+        if compiled_forward is not None:
+            model.forward = compiled_forward
+        try:
+            with bench_device.autocast():
+                return model.generate(
+                    **inputs,
+                    num_beams=num_beams,
+                    do_sample=False,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    early_stopping=False,
+                    length_penalty=1.0,
+                    use_cache=True,
+                    **extra,
+                )
+        finally:
+            if compiled_forward is not None:
+                del model.forward  # back to the class's forward
 
     return call
 
@@ -442,33 +460,96 @@ def build_text_models(text_sizes: Mapping[str, Any], bench_device: BenchDevice, 
     return models
 
 
+def recursion_paths(device: torch.device | str) -> list[str]:
+    """The ``RSkipLN.recursion`` paths that run on ``device`` with this package's LayerNorm models: the loop and the
+    fused PyTorch function everywhere, the Triton kernels on CUDA where Triton imports."""
+    from hf_rskip.models.residual import _recursive_norm_triton
+
+    paths = ["loop", "fused"]
+    if torch.device(device).type == "cuda" and _recursive_norm_triton() is not None:
+        paths.append("triton")
+    return paths
+
+
+def auto_recursion(model: nn.Module, *, training: bool, compiled: bool = False) -> str | None:
+    """The path ``recursion="auto"`` takes in ``model``'s first rSkip module (None without one), in training (gradients
+    on) or inference, eager or under ``torch.compile``."""
+    from hf_rskip.models.residual import RSkipLN
+
+    module = next((m for m in model.modules() if isinstance(m, RSkipLN)), None)
+    if module is None:
+        return None
+    width = module.norms[0].normalized_shape[-1]
+    device = module.norms[0].weight.device
+    probe = torch.zeros(1, 1, width, device=device, requires_grad=training)
+    with torch.set_grad_enabled(training), rskip_recursion(model, "auto"):
+        return module.recursion_path(probe, probe, compiled=compiled)
+
+
 @contextlib.contextmanager
-def unfused_rskip(model: nn.Module):
-    """Runs ``model``'s rSkip recursions as the plain loop of norms (the path before the fused autograd function),
-    so a benchmark can show both side by side; restores the fused path on exit."""
+def rskip_recursion(model: nn.Module, path: str):
+    """Runs ``model``'s rSkip recursions by ``path`` (``RSkipLN.recursion``: "auto", "loop", "fused" or "triton"), so a
+    benchmark can show the paths side by side; restores each module's setting on exit."""
     from hf_rskip.models.residual import RSkipLN
 
     modules = [m for m in model.modules() if isinstance(m, RSkipLN)]
-    saved = [m._fusable for m in modules]
+    saved = [m.recursion for m in modules]
     for module in modules:
-        module._fusable = False
+        module.recursion = path
     try:
         yield model
     finally:
         for module, value in zip(modules, saved):
-            module._fusable = value
+            module.recursion = value
 
 
-def _unfused_step(model: nn.Module, step: Callable[[], float]) -> Callable[[], float]:
-    def run() -> float:
-        with unfused_rskip(model):
-            return step()
+def unfused_rskip(model: nn.Module):
+    """The plain loop of norms (the path before the fused autograd function): ``rskip_recursion(model, "loop")``."""
+    return rskip_recursion(model, "loop")
+
+
+def _with_recursion(model: nn.Module, path: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        with rskip_recursion(model, path):
+            return fn()
 
     return run
 
 
 TEXT_SECTIONS: tuple[str, ...] = ("train", "memory", "generate")
 """The parts of :func:`run_text_benchmarks`: training-step time, training-step peak memory, generation speed."""
+
+LAMBDAS: tuple[int, ...] = (2, 3)
+"""The rskip_ln λ of the text candidates (``rskip_ln_2``, ``rskip_ln_3`` in :data:`TEXT_CANDIDATES`)."""
+
+
+def _compile_options(bench_device: BenchDevice, backend: str) -> dict[str, Any]:
+    """``torch.compile`` options for decoding: CUDA graphs on a GPU (transformers' default for greedy search), plain
+    inductor on a CPU."""
+    mode = "reduce-overhead" if bench_device.device.type == "cuda" and backend == "inductor" else None
+    return {"backend": backend, "fullgraph": True, "dynamic": False, "mode": mode}
+
+
+def overhead_of(ours: Timing, reference: Timing, clock: str = "wall") -> float:
+    """``paired_ratio(ours, reference) - 1``: 0.05 = ours took 5 % longer, round by round."""
+    return paired_ratio(ours, reference, clock) - 1.0
+
+
+def _by_path(timings: Mapping[str, Timing], paths: Sequence[str], reference: str, clock: str,
+             suffix: str = "") -> dict[str, dict[str, float]]:
+    """``{path: {"rskip_ln_2": overhead, "rskip_ln_3": overhead}}`` against ``reference``, from candidates named
+    ``rskip_ln_<λ>@<path><suffix>``."""
+    return {
+        path: {f"rskip_ln_{lam}": overhead_of(timings[f"rskip_ln_{lam}@{path}{suffix}"], timings[reference], clock)
+               for lam in LAMBDAS}
+        for path in paths
+    }
+
+
+def _measured(models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+    """The candidates to measure: Marian, post_ln and rskip_ln with each λ of :data:`LAMBDAS`."""
+    wanted = {"marian", "post_ln", *(f"rskip_ln_{lam}" for lam in LAMBDAS)}
+    return {name: model for name, model in models.items() if name in wanted}
 
 
 def run_text_benchmarks(
@@ -477,55 +558,124 @@ def run_text_benchmarks(
     *,
     clock: str = "wall",
     sections: Sequence[str] = TEXT_SECTIONS,
+    compile: bool = False,
+    compile_backend: str = "inductor",
+    paths: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """The text comparisons: training step time and peak memory, greedy and beam-4 generation.
+    """The text comparisons: training step time and peak memory, greedy and beam-4 generation, per recursion path
+    of rskip_ln, eager and (with ``compile``) compiled side by side.
+
+    Candidates: ``marian``, ``post_ln`` and ``rskip_ln_<λ>@<path>`` for λ in :data:`LAMBDAS` and each path of
+    ``paths``; with ``compile`` also ``post_ln@compiled`` and ``rskip_ln_<λ>@<path>@compiled`` (``torch.compile`` of
+    the same model objects, interleaved with the eager ones in the same rounds). Compiled decoding uses a static cache
+    and a compiled forward: transformers' own path (``generate(cache_implementation="static", compile_config=...)``)
+    for greedy search, the model's ``forward`` compiled and set on the instance for beam search. Compiled generation
+    is measured for the path ``recursion="auto"`` takes under compile (the loop on every device: ``AUTO_RECURSION`` in
+    hf_rskip/models/residual.py).
 
     Args:
         sizes: one entry of :data:`BENCH_SIZES`.
         bench_device: the device, precision and thread count.
         clock: the clock of the headline ratios, ``"wall"`` or ``"cpu"`` (see :class:`Timing`).
         sections: which of :data:`TEXT_SECTIONS` to run (e.g. only ``"memory"`` at full size on a slow CPU).
+        compile: also measure ``torch.compile``d training and decoding.
+        compile_backend: the ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` traces without generating
+            kernels, for tests).
+        paths: the recursion paths to measure (default: :func:`recursion_paths` of the device).
         log: progress messages go here.
 
     Returns:
-        ``train`` / ``generate_greedy`` / ``generate_beam4`` timings per candidate, ``train_peak_mem_bytes`` per
-        candidate, and the headline ratios (see :data:`BENCH_TARGETS`).
+        Per-candidate timings (``train``, ``generate_greedy``, ``generate_beam4``, and under ``compiled`` the compiled
+        ones), ``train_peak_mem_bytes``, the headline ratios (see :data:`BENCH_TARGETS`) and, per path,
+        ``train_overhead_by_path``, ``train_peak_mem_ratio_by_path``, ``generate_{greedy,beam4}_overhead_by_path``;
+        with ``compile`` the same under ``compiled_*`` keys, and ``compiled_post_ln_*_speedup`` (eager / compiled).
+        The headline keys of rskip_ln (``rskip2_train_overhead``, ...) are those of the path ``recursion="auto"``
+        takes (``recursion_auto``); ``*_unfused`` are the loop's.
     """
+    if compile:
+        # every candidate is one more compiled graph of the same model code (per model, path, train/eval, greedy/beam):
+        # more than dynamo's default 8 per code object
+        import torch._dynamo
+
+        with torch._dynamo.config.patch(recompile_limit=64):
+            return _run_text_benchmarks(sizes, bench_device, clock=clock, sections=sections, compile=compile,
+                                        compile_backend=compile_backend, paths=paths, log=log)
+    return _run_text_benchmarks(sizes, bench_device, clock=clock, sections=sections, compile=compile,
+                                compile_backend=compile_backend, paths=paths, log=log)
+
+
+def _run_text_benchmarks(
+    sizes: Mapping[str, Any],
+    bench_device: BenchDevice,
+    *,
+    clock: str,
+    sections: Sequence[str],
+    compile: bool,
+    compile_backend: str,
+    paths: Sequence[str] | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     import logging
 
     # from_marian's warning that the extra rskip norms start fresh is expected here
     logging.getLogger("hf_rskip").setLevel(logging.ERROR)
     section_start = time.perf_counter()
-    models = build_text_models(sizes["text"], bench_device)
+    models = _measured(build_text_models(sizes["text"], bench_device))
+    paths = list(paths) if paths is not None else recursion_paths(bench_device.device)
+    auto = {"train": auto_recursion(models["rskip_ln_2"], training=True),
+            "generate": auto_recursion(models["rskip_ln_2"], training=False)}
+    if compile:
+        auto["compiled_train"] = auto_recursion(models["rskip_ln_2"], training=True, compiled=True)
+        auto["compiled_generate"] = auto_recursion(models["rskip_ln_2"], training=False, compiled=True)
     batch = make_translation_batch(sizes["text"]["vocab_size"], **sizes["train_batch"], pad_token_id=2,
                                    device=bench_device.device)
     repeats, warmup = sizes["repeats"], sizes["warmup"]
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"recursion_paths": paths, "recursion_auto": auto, "section_wall_s": {}}
 
-    steps = {}
+    steps: dict[str, Callable[[], float]] = {}
+    compiled_models: dict[str, nn.Module] = {}
     for name, model in models.items():
         model.train()
-        steps[name] = training_step(model, batch, adamw(model), bench_device)
-    # before/after of the fused recursion: the same λ = 2 model (and optimizer) with the plain loop of norms
-    steps["rskip_ln_2_unfused"] = _unfused_step(models["rskip_ln_2"], steps["rskip_ln_2"])
-    result["section_wall_s"] = {}
+        optimizer = adamw(model)
+        step = training_step(model, batch, optimizer, bench_device)
+        if compile and name != "marian":
+            compiled_models[name] = torch.compile(model, backend=compile_backend)
+            compiled_step = training_step(compiled_models[name], batch, optimizer, bench_device)
+        if not name.startswith("rskip_ln_"):
+            steps[name] = step
+            if compile and name == "post_ln":
+                steps["post_ln@compiled"] = compiled_step
+            continue
+        for path in paths:  # the same model (and optimizer) with each path of the recursion
+            steps[f"{name}@{path}"] = _with_recursion(model, path, step)
+            if compile:
+                steps[f"{name}@{path}@compiled"] = _with_recursion(model, path, compiled_step)
+
+    def aliases(timings: dict[str, Any]) -> dict[str, Any]:
+        """The names of the results before paths existed: ``rskip_ln_<λ>`` (auto's path), ``rskip_ln_2_unfused``."""
+        for lam in LAMBDAS:
+            if f"rskip_ln_{lam}@{auto['train']}" in timings:
+                timings[f"rskip_ln_{lam}"] = timings[f"rskip_ln_{lam}@{auto['train']}"]
+        if "rskip_ln_2@loop" in timings:
+            timings["rskip_ln_2_unfused"] = timings["rskip_ln_2@loop"]
+        return timings
+
     train: dict[str, Timing] = {}
     if "train" in sections:
         log(f"training step: {list(steps)} x {repeats} rounds")
         train = interleaved_timings(steps, repeats=repeats, warmup=warmup, synchronize=bench_device.synchronize)
-        result["train"] = {name: t.to_dict() for name, t in train.items()}
+        result["train"] = aliases({name: t.to_dict() for name, t in train.items() if not name.endswith("@compiled")})
         result["section_wall_s"]["train"] = round(time.perf_counter() - section_start, 1)
 
     if "memory" in sections:
         log("peak memory of a training step")
         section_start = time.perf_counter()
-        if not train:  # the lazily created optimizer state must exist before the measured step
+        if not train:  # the lazily created optimizer state (and compiled graphs) must exist before the measured step
             for step in steps.values():
                 step()
-        result["train_peak_mem_bytes"] = {
-            name: peak_memory_bytes(step, bench_device.device) for name, step in steps.items()
-        }
+        result["train_peak_mem_bytes"] = aliases({
+            name: peak_memory_bytes(step, bench_device.device) for name, step in steps.items()})
         result["section_wall_s"]["train_peak_mem"] = round(time.perf_counter() - section_start, 1)
 
     gen_sizes = sizes["generate"]
@@ -533,37 +683,94 @@ def run_text_benchmarks(
                                     pad_token_id=2, seed=1, device=bench_device.device)
     inputs = {"input_ids": source["input_ids"], "attention_mask": source["attention_mask"]}
     tokens = gen_sizes["batch_size"] * gen_sizes["new_tokens"]
+    generation: dict[str, dict[str, Timing]] = {}
     for label, beams in (("generate_greedy", 1), ("generate_beam4", 4)) if "generate" in sections else ():
         section_start = time.perf_counter()
         calls = {}
-        for name in ("marian", "post_ln", "rskip_ln_2"):
-            models[name].eval()
-            calls[name] = generation_call(models[name], inputs, new_tokens=gen_sizes["new_tokens"], num_beams=beams,
-                                          bench_device=bench_device)
-        lengths = {name: tuple(call().shape) for name, call in calls.items()}
+        for name, model in models.items():
+            model.eval()
+            call = generation_call(model, inputs, new_tokens=gen_sizes["new_tokens"], num_beams=beams,
+                                   bench_device=bench_device)
+            if not name.startswith("rskip_ln_"):
+                calls[name] = call
+            else:
+                for path in paths:
+                    calls[f"{name}@{path}"] = _with_recursion(model, path, call)
+        if compile:
+            from transformers import CompileConfig
+
+            options = _compile_options(bench_device, compile_backend)
+            for name in ("post_ln", *(f"rskip_ln_{lam}" for lam in LAMBDAS)):
+                model = models[name]
+                if beams == 1:  # transformers compiles the decoding forward itself: the documented path
+                    config = CompileConfig(**options)
+                    config._compile_all_devices = True  # also on a CPU
+                    call = generation_call(model, inputs, new_tokens=gen_sizes["new_tokens"], num_beams=beams,
+                                           bench_device=bench_device, compile_config=config)
+                else:  # beam search calls the model uncompiled: compile its forward ourselves (no CUDA graphs:
+                    # beam search reorders the static cache between steps)
+                    forward = torch.compile(model.forward, **{**options, "mode": None})
+                    call = generation_call(model, inputs, new_tokens=gen_sizes["new_tokens"], num_beams=beams,
+                                           bench_device=bench_device, compiled_forward=forward)
+                key = "post_ln@compiled" if name == "post_ln" else f"{name}@{auto['compiled_generate']}@compiled"
+                calls[key] = call
+        lengths = {name: tuple(call().shape) for name, call in calls.items()}  # also compiles, outside the timing
         if len(set(lengths.values())) != 1:
             raise RuntimeError(f"{label}: the candidates generated different shapes {lengths}")
         log(f"{label}: {list(calls)} x {repeats} rounds")
         timings = interleaved_timings(calls, repeats=repeats, warmup=warmup, synchronize=bench_device.synchronize)
-        result[label] = {
-            name: {**t.to_dict(), "tokens_per_s": tokens / t.median} for name, t in timings.items()
-        }
+        generation[label] = timings
+        result[label] = aliases({name: {**t.to_dict(), "tokens_per_s": tokens / t.median}
+                                 for name, t in timings.items() if not name.endswith("@compiled")})
         result[f"{label}_ratio_vs_marian"] = paired_ratio(timings["post_ln"], timings["marian"], clock)
-        result[f"{label}_rskip2_overhead"] = paired_ratio(timings["rskip_ln_2"], timings["post_ln"], clock) - 1.0
+        result[f"{label}_rskip2_overhead"] = overhead_of(timings[f"rskip_ln_2@{auto['generate']}"], timings["post_ln"],
+                                                         clock)
+        result[f"{label}_overhead_by_path"] = _by_path(timings, paths, "post_ln", clock)
         result["section_wall_s"][label] = round(time.perf_counter() - section_start, 1)
 
     if train:
         result["train_step_ratio_vs_marian"] = paired_ratio(train["post_ln"], train["marian"], clock)
-        result["rskip2_train_overhead"] = paired_ratio(train["rskip_ln_2"], train["post_ln"], clock) - 1.0
-        result["rskip3_train_overhead"] = paired_ratio(train["rskip_ln_3"], train["post_ln"], clock) - 1.0
-        result["rskip2_unfused_train_overhead"] = (
-            paired_ratio(train["rskip_ln_2_unfused"], train["post_ln"], clock) - 1.0)
+        result["rskip2_train_overhead"] = overhead_of(train[f"rskip_ln_2@{auto['train']}"], train["post_ln"], clock)
+        if 3 in LAMBDAS:
+            result["rskip3_train_overhead"] = overhead_of(train[f"rskip_ln_3@{auto['train']}"], train["post_ln"], clock)
+        if "loop" in paths:
+            result["rskip2_unfused_train_overhead"] = overhead_of(train["rskip_ln_2@loop"], train["post_ln"], clock)
+        result["train_overhead_by_path"] = _by_path(train, paths, "post_ln", clock)
     if "train_peak_mem_bytes" in result:
         mem = result["train_peak_mem_bytes"]
-        result["train_peak_mem_ratio_rskip2"] = ratio(mem["rskip_ln_2"], mem["post_ln"])
-        result["train_peak_mem_ratio_rskip2_unfused"] = ratio(mem["rskip_ln_2_unfused"], mem["post_ln"])
-        result["train_peak_mem_ratio_rskip3"] = ratio(mem["rskip_ln_3"], mem["post_ln"])
+        result["train_peak_mem_ratio_rskip2"] = ratio(mem[f"rskip_ln_2@{auto['train']}"], mem["post_ln"])
+        if "loop" in paths:
+            result["train_peak_mem_ratio_rskip2_unfused"] = ratio(mem["rskip_ln_2@loop"], mem["post_ln"])
+        if 3 in LAMBDAS:
+            result["train_peak_mem_ratio_rskip3"] = ratio(mem[f"rskip_ln_3@{auto['train']}"], mem["post_ln"])
         result["train_peak_mem_ratio_post_ln_vs_marian"] = ratio(mem["post_ln"], mem["marian"])
+        result["train_peak_mem_ratio_by_path"] = {
+            path: {f"rskip_ln_{lam}": ratio(mem[f"rskip_ln_{lam}@{path}"], mem["post_ln"]) for lam in LAMBDAS}
+            for path in paths
+        }
+
+    if compile:
+        compiled: dict[str, Any] = {"backend": compile_backend}
+        if train:
+            compiled["train"] = {name: t.to_dict() for name, t in train.items() if name.endswith("@compiled")}
+            result["compiled_post_ln_train_speedup"] = paired_ratio(train["post_ln"], train["post_ln@compiled"], clock)
+            result["compiled_train_overhead_by_path"] = _by_path(train, paths, "post_ln@compiled", clock, "@compiled")
+        if "train_peak_mem_bytes" in result:
+            mem = result["train_peak_mem_bytes"]
+            result["compiled_post_ln_train_peak_mem_ratio_vs_eager"] = ratio(mem["post_ln@compiled"], mem["post_ln"])
+            result["compiled_train_peak_mem_ratio_by_path"] = {
+                path: {f"rskip_ln_{lam}": ratio(mem[f"rskip_ln_{lam}@{path}@compiled"], mem["post_ln@compiled"])
+                       for lam in LAMBDAS}
+                for path in paths
+            }
+        for label, timings in generation.items():
+            compiled[label] = {name: {**t.to_dict(), "tokens_per_s": tokens / t.median}
+                               for name, t in timings.items() if name.endswith("@compiled")}
+            result[f"compiled_post_ln_{label}_speedup"] = paired_ratio(timings["post_ln"], timings["post_ln@compiled"],
+                                                                       clock)
+            result[f"compiled_{label}_overhead_by_path"] = _by_path(
+                timings, [auto["compiled_generate"]], "post_ln@compiled", clock, "@compiled")
+        result["compiled"] = compiled
     return result
 
 
@@ -634,7 +841,9 @@ __all__ = [
     "RESNET_CANDIDATES",
     "TEXT_CANDIDATES",
     "TEXT_SECTIONS",
+    "LAMBDAS",
     "BenchDevice",
+    "auto_recursion",
     "build_text_models",
     "check_targets",
     "run_resnet_benchmark",
@@ -646,10 +855,13 @@ __all__ = [
     "load_average",
     "make_translation_batch",
     "overhead",
+    "overhead_of",
     "paired_ratio",
     "peak_memory_bytes",
     "pick_device",
     "ratio",
+    "recursion_paths",
+    "rskip_recursion",
     "training_step",
     "unfused_rskip",
 ]

@@ -10,9 +10,16 @@ repetitions:
 * the peak memory of a training step, ``rskip_ln`` λ = 2 against ``post_ln``;
 * the PreAct-ResNet-110 training step per residual scheme.
 
+rskip_ln runs once per recursion path (``RSkipLN.recursion``: the plain loop of norms, the fused PyTorch function,
+and on CUDA the Triton kernels), each path reported by name (``train_overhead_by_path``, ...); the headline keys use
+the path ``recursion="auto"`` takes on the device (``recursion_auto``). With ``--compile`` the same models also run
+under ``torch.compile`` in the same interleaved rounds: training, and decoding with a static cache and a compiled
+forward, reported under ``compiled_*`` keys, with ``compiled_post_ln_*_speedup`` = eager time / compiled time.
+
 On a GPU it runs there with bf16 autocast. Examples::
 
     python scripts/bench.py --json --quick          # < 1 minute on 2 CPU cores
+    python scripts/bench.py --json --quick --compile --skip-resnet   # + compiled (inductor: minutes on a CPU)
     python scripts/bench.py --json > bench.json     # the full sizes (transformer base, 4k-token batches)
 """
 
@@ -56,6 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 7 full, 5 quick)")
     parser.add_argument("--sections", nargs="+", choices=TEXT_SECTIONS, default=list(TEXT_SECTIONS),
                         help="text comparisons to run (default: train memory generate)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also run the text candidates under torch.compile, side by side with eager (default: off)")
+    parser.add_argument("--compile-backend", default="inductor", choices=("inductor", "aot_eager", "eager"),
+                        help="torch.compile backend for --compile; aot_eager traces without generating code "
+                             "(default: inductor)")
+    parser.add_argument("--paths", nargs="+", choices=("loop", "fused", "triton"), default=None,
+                        help="rskip_ln recursion paths to measure (default: every path that runs on the device)")
     parser.add_argument("--skip-resnet", action="store_true", help="leave out the PreAct-ResNet comparison (default: off)")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here (default: none)")
     return parser.parse_args(argv)
@@ -77,7 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"mode": mode, "device": bench_device.name, "threads": bench_device.threads, "clock": args.clock,
                     "load_average_before": load_average(), "sizes": sizes}
     log(f"{mode} on {bench_device.name}, load average {result['load_average_before']}")
-    result.update(run_text_benchmarks(sizes, bench_device, clock=args.clock, sections=args.sections, log=log))
+    result.update(run_text_benchmarks(sizes, bench_device, clock=args.clock, sections=args.sections,
+                                      compile=args.compile, compile_backend=args.compile_backend, paths=args.paths,
+                                      log=log))
     if not args.skip_resnet:
         result["resnet"] = run_resnet_benchmark(sizes, bench_device, clock=args.clock, log=log)
     result["load_average_after"] = load_average()
@@ -95,9 +111,19 @@ def main(argv: list[str] | None = None) -> dict:
         for key, check in result["targets"].items():
             print(f"  {key:36s} {check['value']:8.3f}  target <= {check['target']:.2f}  "
                   f"{'ok' if check['met'] else 'MISSED'}")
-        for key in ("rskip3_train_overhead", "rskip2_unfused_train_overhead", "train_peak_mem_ratio_rskip2_unfused"):
+        for key in ("rskip3_train_overhead", "rskip2_unfused_train_overhead", "train_peak_mem_ratio_rskip2_unfused",
+                    "compiled_post_ln_train_speedup", "compiled_post_ln_generate_greedy_speedup",
+                    "compiled_post_ln_generate_beam4_speedup", "compiled_post_ln_train_peak_mem_ratio_vs_eager"):
             if key in result:
                 print(f"  {key:36s} {result[key]:8.3f}")
+        print(f"  recursion=auto takes: {result.get('recursion_auto')}")
+        for prefix in ("", "compiled_"):
+            for figure in ("train_overhead", "train_peak_mem_ratio", "generate_greedy_overhead",
+                           "generate_beam4_overhead"):
+                for path, values in result.get(f"{prefix}{figure}_by_path", {}).items():
+                    shown = "  ".join(f"{name} {value:+.3f}" if "overhead" in figure else f"{name} {value:.3f}"
+                                      for name, value in values.items())
+                    print(f"  {prefix}{figure} [{path}]: {shown}")
         if "resnet" in result:
             for name, value in result["resnet"]["overhead_vs_xskip_1"].items():
                 print(f"  resnet-{result['resnet']['depth']} {name:12s} overhead vs xskip_1 {value:+.3f}")

@@ -77,3 +77,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"staged data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "compile: runs torch.compile with the inductor backend (tens of seconds of C++ compilation on a CPU); "
+        "deselect with -m 'not compile'",
+    )

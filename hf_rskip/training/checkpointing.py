@@ -303,7 +303,7 @@ def register_model_hooks(accelerator: Any) -> None:
                 keep_weights.append(state)
                 continue
             unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process,
-                                      save_function=accelerator.save, state_dict=accelerator.get_state_dict(model))
+                                      save_function=accelerator.save, state_dict=model_state_dict(accelerator, model))
         weights[:] = keep_weights
 
     def load_hook(models: list[Any], input_dir: str) -> None:
@@ -319,6 +319,12 @@ def register_model_hooks(accelerator: Any) -> None:
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
     accelerator._hf_rskip_model_hooks = True
+
+
+def model_state_dict(accelerator: Any, model: Any) -> dict[str, torch.Tensor]:
+    """The full state dict of a prepared model under the unwrapped model's names: Accelerate gathers it (DDP, FSDP),
+    and a ``torch.compile`` wrapper is looked through first, so no key carries its ``_orig_mod.`` prefix."""
+    return accelerator.get_state_dict(getattr(model, "_orig_mod", model))
 
 
 def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
@@ -564,6 +570,7 @@ __all__ = [
     "is_complete_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "model_state_dict",
     "load_weights_into",
     "read_checkpoint_weights",
     "read_weights_file",

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .arguments import RunArguments, as_flat_dict
-from .checkpointing import CheckpointError, resolve_checkpoint
+from .checkpointing import CheckpointError, model_state_dict, resolve_checkpoint
 from .loop import LoopConfig, LoopResult, Task, train
 from .optim import build_scheduler, is_metric_scheduler
 from .run_folder import RunFolder
@@ -313,7 +313,7 @@ class TrainingJob:
         unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
 
         # The model is published as soon as training succeeded, so a failing evaluation cannot lose it.
-        state_dict = accelerator.get_state_dict(model)
+        state_dict = model_state_dict(accelerator, model)
         if accelerator.is_main_process:
             staging = self.folder.stage("model")
             unwrapped.save_pretrained(staging, state_dict=state_dict)

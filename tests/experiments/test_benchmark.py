@@ -164,7 +164,7 @@ def test_fused_rskip_recursion_equals_the_loop_and_saves_less(lam):
     tensors = [x, *residual.parameters(), *branch.parameters()]
 
     def run(fused: bool) -> tuple[list[torch.Tensor], int]:
-        residual._fusable = fused
+        residual.recursion = "fused" if fused else "loop"
         for t in tensors:
             t.grad = None
         saved: dict[int, int] = {}
@@ -183,16 +183,96 @@ def test_fused_rskip_recursion_equals_the_loop_and_saves_less(lam):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
     activation = x.numel() * x.element_size()
     assert loop_bytes - fused_bytes >= (lam - 1) * activation  # λ - 1 fewer (B, T, C) tensors kept
+    residual.recursion = "auto"
     with torch.no_grad():  # inference takes the plain loop
+        assert residual.recursion_path(x, x) == "loop"
         torch.testing.assert_close(residual(x, branch), loop[0])
 
 
-def test_unfused_context_restores_the_fused_path():
+def test_recursion_context_sets_every_module_and_restores_it():
     model = build_text_models(TINY_TEXT, pick_device("cpu"))["rskip_ln_3"]
     from hf_rskip.models.residual import RSkipLN
 
     modules = [m for m in model.modules() if isinstance(m, RSkipLN)]
-    assert modules and all(m._fusable for m in modules)
+    modules[0].recursion = "fused"
+    with benchmark.rskip_recursion(model, "loop"):
+        assert all(m.recursion == "loop" for m in modules)
     with benchmark.unfused_rskip(model):
-        assert not any(m._fusable for m in modules)
-    assert all(m._fusable for m in modules)
+        assert all(m.recursion == "loop" for m in modules)
+    assert modules[0].recursion == "fused" and all(m.recursion == "auto" for m in modules[1:])
+    modules[0].recursion = "auto"
+    assert benchmark.recursion_paths("cpu") == ["loop", "fused"]
+    # what recursion="auto" takes on this CPU (the table in residual.py): the loop, eager and compiled
+    assert benchmark.auto_recursion(model, training=True) == "loop"
+    assert benchmark.auto_recursion(model, training=True, compiled=True) == "loop"
+    assert benchmark.auto_recursion(model, training=False) == "loop"
+
+
+def _load_bench_script(monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_script", REPO_ROOT / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tiny = dict(text=TINY_TEXT, train_batch=dict(batch_size=2, source_length=5, target_length=5),
+                generate=dict(batch_size=2, source_length=4, new_tokens=3),
+                resnet=dict(depth=8, batch_size=2), repeats=1, warmup=0)
+    monkeypatch.setitem(benchmark.BENCH_SIZES, "quick", tiny)
+    monkeypatch.setattr(bench, "BENCH_SIZES", benchmark.BENCH_SIZES)
+    return bench
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Compiled graphs of earlier tests count towards dynamo's recompile limit per code object: start and end clean."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_bench_script_reports_every_path_eager_and_compiled(monkeypatch, capsys, fresh_dynamo):
+    """--compile: eager and compiled candidates in one run, per recursion path (backend "eager": traced by dynamo,
+    no code generated, so this takes seconds; the inductor run is the same code with kernels)."""
+    bench = _load_bench_script(monkeypatch)
+    monkeypatch.setattr(benchmark, "LAMBDAS", (2,))  # fewer graphs to trace; λ = 3 is the same code
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--json", "--quick", "--device", "cpu", "--skip-resnet", "--compile", "--compile-backend", "eager"])
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(capsys.readouterr().out)
+    assert result["recursion_paths"] == ["loop", "fused"]
+    assert result["recursion_auto"] == {"train": "loop", "generate": "loop", "compiled_train": "loop",
+                                        "compiled_generate": "loop"}
+    for prefix in ("", "compiled_"):
+        for path in ("loop", "fused"):
+            assert set(result[f"{prefix}train_overhead_by_path"][path]) == {"rskip_ln_2"}
+            assert all(v > 0 for v in result[f"{prefix}train_peak_mem_ratio_by_path"][path].values())
+    for label in ("generate_greedy", "generate_beam4"):
+        assert set(result[f"{label}_overhead_by_path"]) == {"loop", "fused"}
+        assert set(result[f"compiled_{label}_overhead_by_path"]) == {"loop"}
+        assert isinstance(result[f"compiled_post_ln_{label}_speedup"], float)
+        assert set(result["compiled"][label]) == {"post_ln@compiled", "rskip_ln_2@loop@compiled"}
+    for key in ("compiled_post_ln_train_speedup", "compiled_post_ln_train_peak_mem_ratio_vs_eager",
+                "rskip2_train_overhead", "rskip2_unfused_train_overhead", "train_peak_mem_ratio_rskip2"):
+        assert isinstance(result[key], float), key
+    # the headline keys are auto's path (the loop on a CPU), and the old candidate names remain
+    assert result["rskip2_train_overhead"] == result["train_overhead_by_path"]["loop"]["rskip_ln_2"]
+    assert {"rskip_ln_2", "rskip_ln_2_unfused"} <= set(result["train"])
+
+
+def test_compiled_greedy_and_beam_decoding_give_the_eager_tokens(fresh_dynamo):
+    """The bench's compiled decoding (static cache; greedy through transformers' compile_config, beam through a
+    compiled forward) generates what eager decoding does. aot_eager: seconds."""
+    from transformers import CompileConfig
+
+    device = pick_device("cpu")
+    model = build_text_models(TINY_TEXT, device)["rskip_ln_2"].eval()
+    batch = make_translation_batch(50, 2, 5, 2, pad_token_id=2, seed=3)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    config = CompileConfig(backend="aot_eager", fullgraph=True, dynamic=False, mode=None)
+    config._compile_all_devices = True
+    forward = torch.compile(model.forward, backend="aot_eager", fullgraph=True, dynamic=False)
+    for beams, compiled in ((1, dict(compile_config=config)), (4, dict(compiled_forward=forward))):
+        eager = generation_call(model, inputs, new_tokens=5, num_beams=beams, bench_device=device)()
+        again = generation_call(model, inputs, new_tokens=5, num_beams=beams, bench_device=device, **compiled)()
+        assert torch.equal(again, eager), beams
+    assert "forward" not in vars(model), "the compiled forward is set for the call only"
