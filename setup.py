@@ -15,7 +15,8 @@ setup(
     long_description_content_type="text/markdown",
     # the library only: experiments/ and scripts/ run from a source checkout
     packages=find_packages(include=["hf_rskip", "hf_rskip.*"]),
-    package_data={"hf_rskip": ["model_cards/*.md"]},
+    # the evaluate metric module is loaded by path (evaluate.load), not imported: data of the package
+    package_data={"hf_rskip": ["model_cards/*.md", "metrics/translation_scores/*.py"]},
     python_requires=">=3.10",
     # Install a CPU build of torch first where a CUDA build is not wanted (see README).
     install_requires=[
@@ -31,6 +32,7 @@ setup(
             "datasets>=3.0",
             "tokenizers>=0.21",
             "sacrebleu>=2.4",
+            "evaluate>=0.4",
             "tensorboard",
             "matplotlib",
             "tqdm",
@@ -39,6 +41,11 @@ setup(
             "scikit-learn",
             "pillow",
         ],
-        "dev": ["pytest>=8", "pytest-xdist", "sentencepiece", "pyyaml"],
+        # triton: the fused recursive norm's tests run its kernels on CPU through Triton's interpreter. It depends
+        # on nothing (torch is not pulled in or changed); wheels exist for Linux x86_64 and aarch64 only.
+        "dev": [
+            "pytest>=8", "pytest-xdist", "sentencepiece", "pyyaml",
+            "triton; platform_system == 'Linux' and (platform_machine == 'x86_64' or platform_machine == 'aarch64')",
+        ],
     },
 )

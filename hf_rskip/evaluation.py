@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,9 @@ from sacrebleu.metrics import BLEU, CHRF
 
 BLEU_TOKENIZERS: tuple[str, ...] = tuple(BLEU.TOKENIZERS)
 """Values accepted by ``bleu_tokenize`` (sacreBLEU's tokenizers: ``13a``, ``none``, ``intl``, ``char``, ...)."""
+
+TRANSLATION_METRIC_PATH: Path = Path(__file__).resolve().parent / "metrics" / "translation_scores"
+"""The ``evaluate`` metric module shipped with the package: :func:`score_translations` as an ``evaluate.Metric``."""
 
 
 def score_translations(
@@ -66,6 +69,67 @@ def score_translations(
         "chrf_signature": str(chrf.get_signature()),
         "bleu_score_string": bleu_score.format(),
     }
+
+
+def load_translation_metric(**load_kwargs: Any) -> Any:
+    """``evaluate.load`` of the package's metric module: BLEU and chrF with their signatures, the numbers of
+    :func:`score_translations`. It loads from the installed package, so it works offline, where
+    ``evaluate.load("sacrebleu")`` needs the Hub.
+
+    Args:
+        **load_kwargs: passed to ``evaluate.load`` (``experiment_id``, ``num_process``, ``process_id``, ...).
+
+    Returns:
+        An ``evaluate.EvaluationModule``; ``compute(predictions=..., references=..., bleu_tokenize="13a",
+        lowercase=False)`` gives ``bleu``, ``chrf``, their signatures and ``bleu_score_string``.
+    """
+    import evaluate
+
+    return evaluate.load(str(TRANSLATION_METRIC_PATH), **load_kwargs)
+
+
+def seq2seq_compute_metrics(
+    tokenizer: Any, *, bleu_tokenize: str = "13a", lowercase: bool = False
+) -> Callable[[Any], dict[str, float]]:
+    """A ``compute_metrics`` for ``Seq2SeqTrainer(..., args=Seq2SeqTrainingArguments(predict_with_generate=True))``.
+
+    The returned function decodes the generated ids and the labels (``-100``, the Trainer's padding of both, is
+    read as the pad token) and scores them with :func:`load_translation_metric`.
+
+    Args:
+        tokenizer: the tokenizer that decodes the model's outputs and the labels.
+        bleu_tokenize: see :func:`score_translations`.
+        lowercase: case-insensitive BLEU.
+
+    Returns:
+        ``compute_metrics(eval_prediction) -> {"bleu": float, "chrf": float}`` (the Trainer adds its prefix,
+        ``eval_bleu``); the signatures of the last call are on its ``signatures`` attribute.
+    """
+    import numpy as np
+
+    if bleu_tokenize not in BLEU_TOKENIZERS:
+        raise ValueError(
+            f"bleu_tokenize={bleu_tokenize!r} is not a sacreBLEU tokenizer; accepted: {list(BLEU_TOKENIZERS)}"
+        )
+    metric = load_translation_metric()
+    pad = tokenizer.pad_token_id
+
+    def decode(ids: Any) -> list[str]:
+        ids = np.where(np.asarray(ids) != -100, ids, pad)
+        texts = tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return [t.strip() for t in texts]
+
+    def compute_metrics(eval_prediction: Any) -> dict[str, float]:
+        predictions = eval_prediction.predictions
+        if isinstance(predictions, tuple):  # (generated ids, ...) from some models
+            predictions = predictions[0]
+        scores = metric.compute(predictions=decode(predictions), references=decode(eval_prediction.label_ids),
+                                bleu_tokenize=bleu_tokenize, lowercase=lowercase)
+        compute_metrics.signatures = {"bleu": scores["bleu_signature"], "chrf": scores["chrf_signature"]}
+        return {"bleu": scores["bleu"], "chrf": scores["chrf"]}
+
+    compute_metrics.signatures = {}
+    return compute_metrics
 
 
 @torch.no_grad()
@@ -206,8 +270,11 @@ def evaluate_translation(
 
 __all__ = [
     "BLEU_TOKENIZERS",
+    "TRANSLATION_METRIC_PATH",
     "evaluate_translation",
     "generate_translations",
+    "load_translation_metric",
     "score_translations",
+    "seq2seq_compute_metrics",
     "write_lines",
 ]

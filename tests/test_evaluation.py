@@ -124,3 +124,82 @@ def test_evaluate_translation_writes_predictions_and_prefixed_metrics(model_and_
     assert out["test_bleu"] == pytest.approx(score_translations(lines[:-1], SOURCES)["bleu"])
     with pytest.raises(ValueError, match="4 sources but 3 references"):
         evaluate_translation(model, tokenizer, SOURCES, SOURCES[:3])
+
+
+# --- the `evaluate` metric module and the Seq2SeqTrainer hook ----------------------------------------
+
+HYPOTHESES = ["The cat sat on a mat .", "A dog barked .", "two men are talking", "Ein Hund läuft."]
+REFERENCES = ["The cat sat on the mat.", "A dog barked at the mailman, twice!", "Two men talk.", "Ein Hund rennt."]
+
+
+@pytest.mark.parametrize("options", [{}, {"bleu_tokenize": "none"}, {"bleu_tokenize": "intl", "lowercase": True}])
+def test_the_metric_module_gives_score_translations_numbers(options) -> None:
+    from hf_rskip.evaluation import load_translation_metric
+
+    metric = load_translation_metric()
+    got = metric.compute(predictions=HYPOTHESES, references=REFERENCES, **options)
+    assert got == score_translations(HYPOTHESES, REFERENCES, **options)
+    # evaluate's batch interface gives the same
+    for hyp, ref in zip(HYPOTHESES, REFERENCES):
+        metric.add(prediction=hyp, reference=ref)
+    assert metric.compute(**options) == got
+
+
+def test_the_metric_module_names_bad_options() -> None:
+    from hf_rskip.evaluation import load_translation_metric
+
+    with pytest.raises(ValueError, match="bleu_tokenize='moses'"):
+        load_translation_metric().compute(predictions=HYPOTHESES, references=REFERENCES, bleu_tokenize="moses")
+
+
+def test_the_metric_module_loads_offline_in_a_fresh_process(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from hf_rskip.evaluation import TRANSLATION_METRIC_PATH
+
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["hf_rskip"] = None  # the metric module stands alone
+        import evaluate
+        metric = evaluate.load({str(TRANSLATION_METRIC_PATH)!r})
+        print("OUT" + json.dumps(metric.compute(predictions={HYPOTHESES!r}, references={REFERENCES!r})))
+        """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "PYTHONPATH": ""}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.split("OUT", 1)[1]) == score_translations(HYPOTHESES, REFERENCES)
+
+
+def test_seq2seq_trainer_evaluates_bleu_and_chrf(model_and_tokenizer, tmp_path: Path) -> None:
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from hf_rskip.evaluation import seq2seq_compute_metrics
+
+    model, tokenizer = model_and_tokenizer
+    model.generation_config.max_new_tokens, model.generation_config.num_beams = 6, 1
+    references = ["a dog runs", "two men talk on the mat", "the cat", "a red house"]
+    features = [{"input_ids": tokenizer(s)["input_ids"], "labels": tokenizer(text_target=r)["input_ids"]}
+                for s, r in zip(SOURCES, references)]
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=3, predict_with_generate=True,
+                                    report_to=[], use_cpu=True, dataloader_num_workers=0)
+    trainer = Seq2SeqTrainer(model=model, args=args, eval_dataset=features,
+                             data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+                             compute_metrics=seq2seq_compute_metrics(tokenizer))
+    metrics = trainer.evaluate()
+    # the same model decoded by hand, scored by score_translations
+    hypotheses = []
+    with torch.no_grad():
+        for source in SOURCES:
+            out = model.generate(**tokenizer(source, return_tensors="pt"), max_new_tokens=6, num_beams=1)
+            hypotheses.append(tokenizer.decode(out[0], skip_special_tokens=True).strip())
+    expected = score_translations(hypotheses, references)
+    assert metrics["eval_bleu"] == pytest.approx(expected["bleu"]) and metrics["eval_chrf"] == pytest.approx(
+        expected["chrf"])
+    assert expected["chrf"] > 0

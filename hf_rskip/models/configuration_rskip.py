@@ -8,6 +8,7 @@ from huggingface_hub.dataclasses import strict
 from transformers.activations import ACT2FN
 from transformers.models.marian.configuration_marian import MarianConfig
 
+from .pipeline_support import drop_registered_pipelines
 from .residual import TEXT_NORMS, check_learn_lambda, check_residual_options, normalize_skip_lambda
 
 
@@ -48,9 +49,10 @@ class RSkipConfig(MarianConfig):
             How every sublayer (self-attention, cross-attention, feed-forward) joins its skip:
             `"post_ln"` N(x + F(x)), `"pre_ln"` x + F(N(x)) with a final N per stack, `"xskip"` λx + F(x),
             `"xskip_ln"` N(λx + F(x)), `"rskip_ln"` G1 = N1(x + F(x)), Gi = Ni(G(i-1) + x), y = G(λ).
-        skip_lambda (`int` or `float`, *optional*, defaults to 2):
+        skip_lambda (`int` or `float`, *optional*):
             λ. For `"rskip_ln"` an integer >= 1 (the number of recursive norms; 1 equals `"post_ln"`);
-            for `"xskip"` / `"xskip_ln"` any number > 0; `"post_ln"` and `"pre_ln"` have no λ and store 1.
+            for `"xskip"` / `"xskip_ln"` any number > 0. Unset (None), the scheme's default: 2 for `"xskip"`,
+            `"xskip_ln"` and `"rskip_ln"`; `"post_ln"` and `"pre_ln"` have no λ, store 1, and refuse any other value.
         residual_norm (`str`, *optional*, defaults to `"layer"`):
             The normalization N: `"layer"` (LayerNorm, as in the paper and Marian) or `"rms"` (RMSNorm).
         learn_skip_lambda (`bool`, *optional*, defaults to `False`):
@@ -72,7 +74,7 @@ class RSkipConfig(MarianConfig):
     model_type = "rskip"
 
     residual_scheme: Any = "rskip_ln"
-    skip_lambda: Any = 2
+    skip_lambda: Any = None
     residual_norm: Any = "layer"
     learn_skip_lambda: Any = False
     layer_norm_eps: float = 1e-5
@@ -81,6 +83,7 @@ class RSkipConfig(MarianConfig):
         self._check_rskip_options()
         self.skip_lambda = normalize_skip_lambda(self.residual_scheme, self.skip_lambda)
         super().__post_init__(**kwargs)
+        drop_registered_pipelines(self)
 
     def _check_rskip_options(self) -> None:
         """Raises `ValueError` naming the option, its value and what is accepted."""

@@ -42,9 +42,10 @@ class RSkipResNetConfig(PreTrainedConfig):
             How each block joins its shortcut `x` and branch `F`: `"post_ln"` N(x + F(x)), `"pre_ln"` x + F(N(x)),
             `"xskip"` λx + F(x) (λ = 1 is He et al.'s identity shortcut), `"xskip_ln"` N(λx + F(x)), `"rskip_ln"`
             G1 = N1(x + F(x)), Gi = Ni(G(i-1) + x), y = G(λ). Where a block down-samples, x is the projected shortcut.
-        skip_lambda (`int` or `float`, *optional*, defaults to 2):
+        skip_lambda (`int` or `float`, *optional*):
             λ. An integer >= 1 for `"rskip_ln"` (the number of recursive norms), any number > 0 for `"xskip"` and
-            `"xskip_ln"`; `"post_ln"` and `"pre_ln"` store 1.
+            `"xskip_ln"`. Unset (None), the scheme's default: 2 where the scheme has a λ; `"post_ln"` and `"pre_ln"`
+            have none, store 1, and refuse any other value.
         residual_norm (`str`, *optional*, defaults to `"layer"`):
             The scheme's N: `"layer"` normalizes each sample over (C, H, W) with a per-channel affine (the paper's
             LN for feature maps), `"batch"` is BatchNorm2d (the paper's ablation, reported worse).
@@ -79,7 +80,7 @@ class RSkipResNetConfig(PreTrainedConfig):
     depth: Any = 110
     hidden_sizes: Any = (16, 32, 64)
     residual_scheme: Any = "rskip_ln"
-    skip_lambda: Any = 2
+    skip_lambda: Any = None
     residual_norm: Any = "layer"
     block_norm: Any = "batch"
     learn_skip_lambda: Any = False

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import CrossEntropyLoss
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.generation import GenerationMixin
+from transformers.loss.loss_utils import ForMaskedLMLoss
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -34,16 +34,17 @@ from transformers.models.marian.modeling_marian import (
     MarianSinusoidalPositionalEmbedding,
     shift_tokens_right,
 )
-from transformers.utils import logging
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple, is_torchdynamo_compiling, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_rskip import RSkipConfig
+from .pipeline_support import declaring_translation_pipeline
 from .residual import Residual, build_final_norm, build_residual
 
 logger = logging.get_logger(__name__)
-
 
 # Differs from MarianEncoderLayer only in how the two sublayers join their skip: through
 # `self_attn_layer_norm` and `final_layer_norm`, which are residual modules built from the config
@@ -73,7 +74,9 @@ class RSkipEncoderLayer(GradientCheckpointingLayer):
         hidden_states = self.fc2(hidden_states)
         return nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Unpack[TransformersKwargs]
+    ) -> torch.Tensor:
         """Args:
         hidden_states: `(batch, src_len, d_model)`.
         attention_mask: the additive or boolean mask built by `create_bidirectional_mask`, or None.
@@ -135,7 +138,7 @@ class RSkipDecoderLayer(GradientCheckpointingLayer):
         encoder_attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = True,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         """Args:
         hidden_states: `(batch, tgt_len, d_model)`; tgt_len is 1 per step when decoding with a cache.
@@ -227,7 +230,7 @@ class RSkipEncoder(RSkipPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
         """Args:
         input_ids: `(batch, src_len)` token ids (or `inputs_embeds`: `(batch, src_len, d_model)`).
@@ -282,7 +285,7 @@ class RSkipDecoder(RSkipPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         """Args:
         input_ids: `(batch, tgt_len)` decoder ids, only the new ones when `cache` holds the past.
@@ -303,7 +306,8 @@ class RSkipDecoder(RSkipPreTrainedModel):
         batch_size, seq_length = inputs_embeds.shape[:-1]
         past_length = cache.get_seq_length() if cache is not None else 0
         position_ids = torch.arange(seq_length, device=inputs_embeds.device) + past_length
-        if attention_mask is None:
+        if attention_mask is None and not is_torchdynamo_compiling():
+            # as Marian: under torch.compile a static cache's length is a tensor, so the mask comes from the cache
             attention_mask = torch.ones(batch_size, past_length + seq_length, device=inputs_embeds.device)
 
         self_attn_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
@@ -334,6 +338,14 @@ class RSkipDecoder(RSkipPreTrainedModel):
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.layer_norm(hidden_states), cache=cache)
 
 
+def _require_unshared(config: RSkipConfig, method: str, instead: str) -> None:
+    if config.share_encoder_decoder_embeddings:
+        raise ValueError(
+            f"`{method}` is for separate source and target embeddings, but this model has "
+            f"share_encoder_decoder_embeddings=True (one vocabulary for both sides): use `{instead}`"
+        )
+
+
 class RSkipModel(RSkipPreTrainedModel):
     """The bare encoder-decoder (no head), laid out as `MarianModel`: `shared`, `encoder`, `decoder`."""
 
@@ -362,6 +374,29 @@ class RSkipModel(RSkipPreTrainedModel):
             self.decoder.embed_tokens = value
         self.encoder.embed_tokens = value
 
+    def get_decoder_input_embeddings(self) -> nn.Embedding:
+        """The target-side embedding (only with `share_encoder_decoder_embeddings=False`)."""
+        _require_unshared(self.config, "get_decoder_input_embeddings", "get_input_embeddings")
+        return self.decoder.embed_tokens
+
+    def set_decoder_input_embeddings(self, value: nn.Embedding) -> None:
+        _require_unshared(self.config, "set_decoder_input_embeddings", "set_input_embeddings")
+        self.decoder.embed_tokens = value
+
+    def resize_decoder_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Resizes the target-side embedding, as `resize_token_embeddings` does the source side, and sets
+        `config.decoder_vocab_size`. Only with `share_encoder_decoder_embeddings=False`."""
+        _require_unshared(self.config, "resize_decoder_token_embeddings", "resize_token_embeddings")
+        old = self.get_decoder_input_embeddings()
+        new = self._get_resized_embeddings(old, new_num_tokens, pad_to_multiple_of, mean_resizing)
+        new.requires_grad_(old.weight.requires_grad)
+        self.set_decoder_input_embeddings(new)
+        self.config.decoder_vocab_size = new.weight.shape[0]
+        return new
+
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -374,16 +409,18 @@ class RSkipModel(RSkipPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqModelOutput:
         """Args:
         input_ids: `(batch, src_len)`; attention_mask: `(batch, src_len)`.
         decoder_input_ids: `(batch, tgt_len)`, starting with `decoder_start_token_id` (the pad id, as in Marian).
         encoder_outputs: reuse a computed encoder pass (generation does).
         """
+        # the inner calls return ModelOutputs whatever `config.return_dict` says; `can_return_tuple` converts the result
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, return_dict=True,
+                **kwargs,
             )
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(
@@ -399,6 +436,7 @@ class RSkipModel(RSkipPreTrainedModel):
             cache=cache,
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         return Seq2SeqModelOutput(
@@ -441,7 +479,68 @@ class RSkipForConditionalGeneration(RSkipPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
+        self._resize_final_logits_bias(new_embeddings.weight.shape[0])
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """`RSkipPreTrainedModel.save_pretrained`, and the folder declares the `"rskip-translation"` pipeline
+        (`custom_pipelines` in its config) and carries the pipeline's code (`pipeline.py`), so that
+        `pipeline("rskip-translation", model=folder, trust_remote_code=True)` works where this package is absent.
+        """
+        with declaring_translation_pipeline(self, save_directory, is_main_process=kwargs.get("is_main_process", True)):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def get_decoder_input_embeddings(self) -> nn.Embedding:
+        return self.model.get_decoder_input_embeddings()
+
+    def set_decoder_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_decoder_input_embeddings(value)
+
+    # The vocabulary resizes: transformers resizes the input embedding and a head of the same size; these keep the
+    # target side (decoder embedding, tied `lm_head`, `final_logits_bias`) consistent, shared or not.
+    def _resize_token_embeddings(
+        self, new_num_tokens: int | None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        if self.config.share_encoder_decoder_embeddings:
+            embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+            self.config.decoder_vocab_size = embeddings.weight.shape[0]
+            self._resize_final_logits_bias(embeddings.weight.shape[0])
+            return embeddings
+        # separate vocabularies: only the source side changes; the head and its bias are the decoder's
+        old = self.get_input_embeddings()
+        new = self._get_resized_embeddings(old, new_num_tokens, pad_to_multiple_of, mean_resizing)
+        new.requires_grad_(old.weight.requires_grad)
+        self.set_input_embeddings(new)
+        return new
+
+    def resize_decoder_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Resizes the target vocabulary (with `share_encoder_decoder_embeddings=False`): the decoder embedding, the
+        `lm_head` (tied to it, or resized alongside when `tie_word_embeddings=False`) and `final_logits_bias`.
+
+        Returns:
+            The new decoder embedding.
+        """
+        embeddings = self.model.resize_decoder_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        size = embeddings.weight.shape[0]
+        if not self.config.tie_word_embeddings:
+            self.set_output_embeddings(self._get_resized_lm_head(self.lm_head, size, mean_resizing=mean_resizing))
+        self.tie_weights()  # a tied head now shares the new decoder embedding
+        self.lm_head.out_features = size
+        self._resize_final_logits_bias(size)
+        return embeddings
+
+    def _resize_final_logits_bias(self, new_num_tokens: int) -> None:
+        """Cuts or zero-pads `final_logits_bias` to `(1, new_num_tokens)`; kept entries keep their values."""
+        old = self.final_logits_bias
+        if new_num_tokens <= old.shape[-1]:
+            new = old[:, :new_num_tokens].clone()
+        else:
+            extra = torch.zeros((1, new_num_tokens - old.shape[-1]), dtype=old.dtype, device=old.device)
+            new = torch.cat([old, extra], dim=1)
+        self.final_logits_bias = nn.Buffer(new)
+
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -455,15 +554,17 @@ class RSkipForConditionalGeneration(RSkipPreTrainedModel, GenerationMixin):
         decoder_inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutput:
         """Args:
         labels: `(batch, tgt_len)` target ids, -100 where ignored. When given and no decoder inputs are,
             the decoder reads the labels shifted right behind `decoder_start_token_id`; the loss is the
-            mean token cross-entropy (label smoothing belongs to the training loop).
+            mean token cross-entropy, or the sum over `num_items_in_batch` when given (label smoothing belongs to
+            the training loop).
 
         Returns: `Seq2SeqLMOutput` with `logits` of shape `(batch, tgt_len, vocab_size)`.
         """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if labels is not None:
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
@@ -480,12 +581,15 @@ class RSkipForConditionalGeneration(RSkipPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
-        lm_logits = self.lm_head(outputs[0]) + self.final_logits_bias
+        lm_logits = self.lm_head(outputs.last_hidden_state) + self.final_logits_bias
         loss = None
         if labels is not None:
-            loss = CrossEntropyLoss()(lm_logits.view(-1, lm_logits.shape[-1]), labels.view(-1))
+            # transformers' token cross-entropy: the mean over the targets, or their sum over `num_items_in_batch`
+            # when the Trainer passes it (so gradient accumulation weighs every token alike)
+            loss = ForMaskedLMLoss(lm_logits, labels, lm_logits.shape[-1], num_items_in_batch=num_items_in_batch)
         return Seq2SeqLMOutput(
             loss=loss,
             logits=lm_logits,
@@ -557,11 +661,15 @@ class RSkipForConditionalGeneration(RSkipPreTrainedModel, GenerationMixin):
             raise RuntimeError(f"from_marian: weights with no place in RSkipForConditionalGeneration: {unexpected}")
         initialized = [k for k in missing if "embed_positions" not in k]
         if initialized or dropped:
+            # `converted` holds exactly the Marian tensors placed in the model (dropped ones never entered it)
+            parts = [f"{len(converted)} of {len(source)} Marian tensors carried over"]
+            if initialized:
+                parts.append(f"{len(initialized)} new tensors start freshly initialised (e.g. {initialized[:3]})")
+            if dropped:
+                parts.append(f"{len(dropped)} Marian norm tensors dropped (e.g. {dropped[:3]})")
             logger.warning(
                 f"from_marian with residual_scheme={config.residual_scheme!r}, skip_lambda={config.skip_lambda}: "
-                f"{len(converted) - len(dropped)} Marian tensors carried over; {len(initialized)} new tensors start "
-                f"freshly initialised (e.g. {initialized[:3]}); {len(dropped)} Marian norm tensors dropped "
-                f"(e.g. {dropped[:3]}). Fine-tune before use."
+                + "; ".join(parts) + ". Fine-tune before use."
             )
         model.tie_weights()
         model.generation_config = copy.deepcopy(marian.generation_config)

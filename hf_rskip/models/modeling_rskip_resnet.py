@@ -18,6 +18,8 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 from transformers.modeling_utils import PreTrainedModel
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_rskip_resnet import RSkipResNetConfig
@@ -40,7 +42,8 @@ class RSkipResNetBasicLayer(nn.Module):
     ``x_preact = ReLU(norm1(x_in))`` the skip is ``s = shortcut(x_preact)`` (1x1 conv, stride 2) and the branch is
     ``F = conv2(ReLU(norm2(conv1(x_preact))))``, computed once from the block input. The scheme then combines
     ``x = s`` with that F (e.g. ``rskip_ln`` λ=2: ``N2(N1(s + F) + s)``). The branch input the scheme offers has
-    the shape of ``s``, not of ``x_in``, so it is not used there; for ``pre_ln`` such a block is ``s + F``.
+    the shape of ``s``, not of ``x_in``, so it is not used there (``build_residual(..., branch_input=False)``);
+    for ``pre_ln``, whose only norm is on that input, such a block is ``s + F`` and has no residual norm.
 
     Args:
         config: the model config (norms, scheme, λ).
@@ -64,7 +67,7 @@ class RSkipResNetBasicLayer(nn.Module):
             if self.projects_shortcut
             else nn.Identity()
         )
-        self.residual = build_residual(config, out_channels, kind="image")
+        self.residual = build_residual(config, out_channels, kind="image", branch_input=not self.projects_shortcut)
 
     def _convs(self, x_preact: torch.Tensor) -> torch.Tensor:
         """The branch after its pre-activation: ``(B, C_in, H, W)`` -> ``(B, C_out, H/s, W/s)``."""
@@ -148,6 +151,10 @@ class RSkipResNetModel(RSkipResNetPreTrainedModel):
         self.norm = build_norm(config.block_norm, sizes[-1], kind="image", eps=config.layer_norm_eps)
         self.act = nn.ReLU()
         self.pooler = nn.AdaptiveAvgPool2d(1)
+        if config.residual_scheme == "pre_ln":
+            # hf_rskip 0.2 built a pre_ln norm at the down-sampling blocks and never used its output: folders saved
+            # by it hold these weights, which have no place now
+            self._keys_to_ignore_on_load_unexpected = [r"stages\.\d+\.layers\.0\.residual\.norms\.0\."]
         self.post_init()
 
     def forward_features(
@@ -177,7 +184,7 @@ class RSkipResNetModel(RSkipResNetPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPoolingAndNoAttention:
         """Args:
             pixel_values: ``(B, num_channels, H, W)`` normalized images (see the saved image processor).
@@ -218,7 +225,7 @@ class RSkipResNetForImageClassification(RSkipResNetPreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutputWithNoAttention:
         """Args:
             pixel_values: ``(B, num_channels, H, W)`` normalized images.

@@ -47,7 +47,7 @@ def test_bad_values_raise_value_error_naming_the_option(kwargs, match):
 
 def test_lambda_is_normalised_per_scheme():
     assert RSkipConfig(residual_scheme="post_ln").skip_lambda == 1
-    assert RSkipConfig(residual_scheme="pre_ln", skip_lambda=3).skip_lambda == 1
+    assert RSkipConfig(residual_scheme="pre_ln", skip_lambda=1).skip_lambda == 1
     assert RSkipConfig(residual_scheme="rskip_ln", skip_lambda=3.0).skip_lambda == 3
     assert isinstance(RSkipConfig(residual_scheme="rskip_ln", skip_lambda=3.0).skip_lambda, int)
     assert RSkipConfig(residual_scheme="xskip", skip_lambda=0.5).skip_lambda == 0.5
@@ -80,3 +80,34 @@ def test_presets(name):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="preset='huge'.*accepted"):
         RSkipConfig.from_preset("huge")
+
+
+@pytest.mark.parametrize("scheme,default", [("post_ln", 1), ("pre_ln", 1), ("xskip", 2), ("xskip_ln", 2), ("rskip_ln", 2)])
+def test_unset_lambda_is_the_schemes_default(scheme, default):
+    config = RSkipConfig(residual_scheme=scheme)
+    assert config.skip_lambda == default and isinstance(config.skip_lambda, int)
+    assert RSkipConfig(residual_scheme=scheme, skip_lambda=None).skip_lambda == default
+
+
+@pytest.mark.parametrize("scheme", ["post_ln", "pre_ln"])
+@pytest.mark.parametrize("lam", [3, 2, 0.5, 1.5])
+def test_a_lambda_given_to_a_scheme_without_one_is_refused(scheme, lam):
+    with pytest.raises(ValueError, match=rf"{scheme} has no λ, but skip_lambda={lam!r} was given"):
+        RSkipConfig(residual_scheme=scheme, skip_lambda=lam)
+
+
+@pytest.mark.parametrize("scheme", ["post_ln", "pre_ln"])
+def test_saved_configs_with_lambda_1_still_load(scheme, tmp_path):
+    """Configs saved before skip_lambda defaulted to None store 1 for post_ln / pre_ln."""
+    import json
+
+    RSkipConfig(residual_scheme=scheme, d_model=64, encoder_attention_heads=4, decoder_attention_heads=4
+                ).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["skip_lambda"] == 1
+    assert AutoConfig.from_pretrained(tmp_path).skip_lambda == 1
+    # and one whose λ was edited to a value the scheme has not is refused on save, naming the scheme
+    config = RSkipConfig(residual_scheme=scheme, d_model=64, encoder_attention_heads=4, decoder_attention_heads=4)
+    config.skip_lambda = 2
+    with pytest.raises(Exception, match=f"{scheme} has no λ"):
+        config.save_pretrained(tmp_path / "edited")

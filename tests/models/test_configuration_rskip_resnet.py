@@ -59,9 +59,23 @@ def test_bad_options_name_option_and_value(kwargs: dict, pattern: str) -> None:
 @pytest.mark.parametrize("scheme", RESIDUAL_SCHEMES)
 @pytest.mark.parametrize("norm", ["layer", "batch"])
 def test_every_scheme_and_norm_is_accepted(scheme: str, norm: str) -> None:
-    config = RSkipResNetConfig(depth=20, residual_scheme=scheme, skip_lambda=3, residual_norm=norm)
-    # post_ln and pre_ln have no λ; rskip_ln counts norms
-    assert config.skip_lambda == (1 if scheme in ("post_ln", "pre_ln") else 3)
+    # post_ln and pre_ln have no λ (an unset λ is each scheme's default); rskip_ln counts norms
+    config = RSkipResNetConfig(depth=20, residual_scheme=scheme, residual_norm=norm)
+    assert config.skip_lambda == (1 if scheme in ("post_ln", "pre_ln") else 2)
+    if scheme not in ("post_ln", "pre_ln"):
+        assert RSkipResNetConfig(depth=20, residual_scheme=scheme, skip_lambda=3, residual_norm=norm).skip_lambda == 3
+
+
+@pytest.mark.parametrize("scheme", ["post_ln", "pre_ln"])
+def test_a_lambda_given_to_a_scheme_without_one_is_refused(scheme: str) -> None:
+    with pytest.raises(ValueError, match=rf"{scheme} has no λ, but skip_lambda=3 was given"):
+        RSkipResNetConfig(depth=20, residual_scheme=scheme, skip_lambda=3)
+    assert RSkipResNetConfig(depth=20, residual_scheme=scheme, skip_lambda=1).skip_lambda == 1  # as saved before
+
+
+def test_the_default_lambda_is_none_meaning_the_schemes() -> None:
+    assert RSkipResNetConfig.__dataclass_fields__["skip_lambda"].default is None
+    assert RSkipResNetConfig(depth=20, residual_scheme="xskip").skip_lambda == 2
 
 
 def test_labels_round_trip(tmp_path) -> None:

@@ -251,6 +251,32 @@ def test_from_marian_with_another_scheme_carries_shared_weights(monkeypatch):
     assert len(info["dropped"]) == 20 and "model.encoder.layer_norm.weight" in info["initialized"]
 
 
+@pytest.mark.parametrize("scheme,lam,carried,new,dropped", [
+    ("rskip_ln", 3, 91, 40, 0),  # every Marian tensor has a place; norms 2 and 3 of 10 sublayers are new
+    ("xskip_ln", 2, 91, 0, 0),  # the one norm per sublayer is Marian's: nothing new, so no warning
+    ("pre_ln", None, 71, 24, 20),  # the 20 post-sum norm tensors dropped; 10 pre-norms and 2 final norms new
+    ("xskip", 2, 71, 0, 20),
+])
+def test_from_marian_logs_exact_counts(scheme, lam, carried, new, dropped, monkeypatch):
+    import hf_rskip.models.modeling_rskip as modeling
+
+    warnings: list[str] = []
+    monkeypatch.setattr(modeling.logger, "warning", lambda msg, *a, **k: warnings.append(str(msg)))
+    marian = random_marian()
+    total = len(marian.state_dict())
+    assert total == 91 and carried + dropped == total
+    options = {"residual_scheme": scheme} if lam is None else {"residual_scheme": scheme, "skip_lambda": lam}
+    _, info = RSkipForConditionalGeneration.from_marian(marian, output_loading_info=True, **options)
+    assert (len(info["initialized"]), len(info["dropped"])) == (new, dropped)
+    if not new and not dropped:
+        assert warnings == []
+        return
+    assert len(warnings) == 1
+    assert f"{carried} of {total} Marian tensors carried over" in warnings[0]
+    assert (f"{new} new tensors start freshly initialised" in warnings[0]) == (new > 0)
+    assert (f"{dropped} Marian norm tensors dropped" in warnings[0]) == (dropped > 0)
+
+
 def test_from_marian_rejects_other_objects():
     with pytest.raises(TypeError, match="MarianMTModel"):
         RSkipForConditionalGeneration.from_marian(make_model())
@@ -298,3 +324,221 @@ def test_remote_code_load_without_the_package(tmp_path):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE_OK RSkipForConditionalGeneration" in result.stdout
+
+
+# --- transformers' conventions: tuples on request, typed keyword arguments -------------------------
+
+def _assert_same_tuple(got, expected) -> None:
+    assert isinstance(got, tuple) and len(got) == len(expected)
+    for a, b in zip(got, expected):
+        if isinstance(b, torch.Tensor):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        elif isinstance(b, tuple):
+            _assert_same_tuple(a, b)
+        else:  # the cache
+            assert type(a) is type(b)
+
+
+@pytest.mark.parametrize("where", ["call", "config"])
+def test_return_dict_false_gives_the_output_as_a_tuple(where):
+    """`return_dict=False`, passed or set in the config, gives `ModelOutput.to_tuple()` from every model class."""
+    model = make_model(attn="eager")
+    inputs = batch()
+    flags = dict(output_hidden_states=True, output_attentions=True)
+    dec = torch.zeros(3, 4, dtype=torch.long)
+    encoder, decoder = model.model.encoder, model.model.decoder
+    memory = torch.randn(3, 9, 32)
+    calls = {
+        "lm": lambda m, **kw: m(**inputs, **flags, **kw),
+        "bare": lambda m, **kw: m.model(input_ids=inputs["input_ids"], decoder_input_ids=dec, use_cache=True, **kw),
+        "encoder": lambda m, **kw: encoder(input_ids=inputs["input_ids"], **flags, **kw),
+        "decoder": lambda m, **kw: decoder(input_ids=dec, encoder_hidden_states=memory, **flags, **kw),
+    }
+    expected = {name: call(model).to_tuple() for name, call in calls.items()}
+    for name, call in calls.items():
+        if where == "call":
+            got = call(model, return_dict=False)
+        else:
+            for config in {id(m.config): m.config for m in (model, model.model, encoder, decoder)}.values():
+                config.return_dict = False
+            try:
+                got = call(model)
+            finally:
+                for config in {id(m.config): m.config for m in (model, model.model, encoder, decoder)}.values():
+                    config.return_dict = True
+        _assert_same_tuple(got, expected[name])
+    assert expected["lm"][0].ndim == 0 and expected["lm"][1].shape == (3, 7, 61)  # (loss, logits, ...)
+
+
+def test_a_config_with_return_dict_false_still_generates_and_trains(tmp_path):
+    model = make_model()
+    model.config.return_dict = False
+    inputs = batch()
+    out = model(**inputs)
+    assert isinstance(out, tuple) and out[0].ndim == 0
+    out[0].backward()
+    generated = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], num_beams=2,
+                               max_new_tokens=4)
+    assert generated.shape[0] == 3
+    model.save_pretrained(tmp_path)
+    assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path).config.return_dict is False
+
+
+def test_forward_signatures_carry_transformers_typed_kwargs():
+    import inspect
+
+    from transformers.processing_utils import Unpack
+    from transformers.utils import TransformersKwargs
+
+    from hf_rskip.models.modeling_rskip import RSkipDecoder, RSkipDecoderLayer, RSkipEncoder, RSkipEncoderLayer
+
+    for cls in (RSkipForConditionalGeneration, RSkipModel, RSkipEncoder, RSkipDecoder, RSkipEncoderLayer,
+                RSkipDecoderLayer):
+        kwargs = inspect.signature(cls.forward, eval_str=True).parameters["kwargs"]
+        assert kwargs.annotation == Unpack[TransformersKwargs], cls.__name__
+
+
+# --- resizing the vocabularies ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("new_size,multiple", [(70, None), (50, None), (70, 16)])
+def test_resize_token_embeddings_resizes_the_logits_bias(new_size, multiple):
+    model = make_model()
+    bias = model.final_logits_bias.clone()
+    model.resize_token_embeddings(new_size, pad_to_multiple_of=multiple, mean_resizing=False)
+    size = new_size if multiple is None else 80
+    assert model.model.shared.weight.shape[0] == model.lm_head.weight.shape[0] == size
+    assert model.final_logits_bias.shape == (1, size)
+    assert (model.config.vocab_size, model.config.decoder_vocab_size) == (size, size)
+    keep = min(size, 61)
+    assert torch.equal(model.final_logits_bias[:, :keep], bias[:, :keep])  # the old entries keep their values
+    assert (model.final_logits_bias[:, keep:] == 0).all()
+    assert model.lm_head.weight is model.model.shared.weight
+    out = model(**{k: v.clamp(max=size - 1) for k, v in batch().items()})
+    assert out.logits.shape == (3, 7, size) and torch.isfinite(out.loss)
+
+
+def test_unshared_embeddings_resize_each_side():
+    model = make_model(share_encoder_decoder_embeddings=False, decoder_vocab_size=50)
+    assert model.model.get_decoder_input_embeddings() is model.model.decoder.embed_tokens
+    # the source side: the decoder, its head and the bias stay as they are
+    model.resize_token_embeddings(70, mean_resizing=False)
+    assert model.model.encoder.embed_tokens.weight.shape[0] == 70 and model.config.vocab_size == 70
+    assert model.model.decoder.embed_tokens.weight.shape[0] == model.lm_head.weight.shape[0] == 50
+    assert model.final_logits_bias.shape == (1, 50) and model.lm_head.out_features == 50
+    # the target side
+    bias = model.final_logits_bias.clone()
+    new = model.resize_decoder_token_embeddings(55)
+    assert new is model.get_decoder_input_embeddings() is model.model.decoder.embed_tokens
+    assert new.weight.shape[0] == model.lm_head.weight.shape[0] == 55 and model.config.decoder_vocab_size == 55
+    assert model.lm_head.weight is new.weight and model.lm_head.out_features == 55
+    assert model.final_logits_bias.shape == (1, 55) and torch.equal(model.final_logits_bias[:, :50], bias)
+    labels = batch()["labels"].clamp(max=54)
+    out = model(input_ids=batch()["input_ids"], labels=labels)
+    assert out.logits.shape == (3, 7, 55) and torch.isfinite(out.loss)
+    generated = model.generate(input_ids=batch()["input_ids"], max_new_tokens=3)
+    assert generated.max() < 55
+    # a replacement decoder embedding goes where the decoder reads it
+    replacement = torch.nn.Embedding(55, 32, padding_idx=0)
+    model.set_decoder_input_embeddings(replacement)
+    assert model.model.decoder.embed_tokens is replacement and model.get_decoder_input_embeddings() is replacement
+
+
+def test_decoder_side_methods_refuse_shared_embeddings():
+    model = make_model()
+    for call in (lambda: model.resize_decoder_token_embeddings(70), model.get_decoder_input_embeddings,
+                 lambda: model.set_decoder_input_embeddings(torch.nn.Embedding(70, 32))):
+        with pytest.raises(ValueError, match="share_encoder_decoder_embeddings"):
+            call()
+
+
+def test_resized_model_round_trips(tmp_path):
+    model = make_model(share_encoder_decoder_embeddings=False, decoder_vocab_size=50)
+    model.resize_token_embeddings(66, mean_resizing=False)
+    model.resize_decoder_token_embeddings(57)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
+    assert loaded.final_logits_bias.shape == (1, 57)
+    inputs = {"input_ids": batch()["input_ids"], "labels": batch()["labels"].clamp(max=56)}
+    torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+
+
+# --- the generation config a training run saves ------------------------------------------------------
+
+def _generate_and_capture(folder, **generate_kwargs) -> tuple[torch.Tensor, list[str]]:
+    """Loads `folder`, generates, and returns the output with every warning transformers logged or raised."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler, verbosity = Keep(level=logging.WARNING), hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    hf_logging.get_logger().addHandler(handler)
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            output = model.generate(input_ids=batch()["input_ids"], **generate_kwargs)
+    finally:
+        hf_logging.get_logger().removeHandler(handler)
+        hf_logging.set_verbosity(verbosity)
+    return output, records + [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("stored", ["max_new_tokens", "max_length"])
+def test_a_saved_training_generation_config_leaves_the_callers_max_new_tokens_alone(stored, tmp_path):
+    """The translation job stores the run's decoding settings as the model's generation config; with a bound given
+    as `max_new_tokens` a caller's own `max_new_tokens` no longer meets a stored `max_length` (and its warning)."""
+    from types import SimpleNamespace
+
+    from hf_rskip.training.translation import TranslationJob
+
+    model = make_model()
+    job = SimpleNamespace(args=SimpleNamespace(num_beams=2, length_penalty=1.0),
+                          data_args=SimpleNamespace(max_target_length=12))
+    TranslationJob._set_generation_config(job, model)
+    if stored == "max_length":  # what the job saved before: the warning this test watches for must show
+        model.generation_config.max_new_tokens, model.generation_config.max_length = None, 12
+    model.save_pretrained(tmp_path)
+
+    output, warned = _generate_and_capture(tmp_path, max_new_tokens=3)
+    assert output.shape[1] <= 1 + 3
+    clash = [w for w in warned if "max_length" in w]
+    if stored == "max_length":
+        assert clash and "Both `max_new_tokens` (=3) and `max_length`" in clash[0]
+        return
+    assert clash == [], clash
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    assert saved["max_new_tokens"] == 12 and "max_length" not in saved
+    output, warned = _generate_and_capture(tmp_path)  # no bound from the caller: the run's own
+    assert output.shape[1] <= 1 + 12 and not [w for w in warned if "max_length" in w]
+
+
+def test_an_untied_head_is_resized_with_the_decoder_vocabulary():
+    model = make_model(share_encoder_decoder_embeddings=False, decoder_vocab_size=50, tie_word_embeddings=False)
+    assert model.lm_head.weight is not model.model.decoder.embed_tokens.weight
+    head = model.lm_head.weight.detach().clone()
+    model.resize_decoder_token_embeddings(55, mean_resizing=False)
+    assert model.lm_head.weight is not model.model.decoder.embed_tokens.weight
+    assert model.lm_head.weight.shape == (55, 32) and torch.equal(model.lm_head.weight[:50], head)
+    assert model.final_logits_bias.shape == (1, 55)
+    assert model(input_ids=batch()["input_ids"], labels=batch()["labels"].clamp(max=54)).logits.shape == (3, 7, 55)
+
+
+def test_the_trainer_s_num_items_in_batch_normalises_the_loss() -> None:
+    """Seq2SeqTrainer passes num_items_in_batch (the targets of all accumulated micro-batches) to a model whose forward
+    takes **kwargs and then does not divide by the accumulation steps: the loss must be the sum over that count."""
+    torch.manual_seed(0)
+    model = RSkipForConditionalGeneration(tiny_text_config()).eval()
+    labels = torch.tensor([[5, 6, 7, 1], [8, 9, 1, -100]])
+    inputs = {"input_ids": torch.tensor([[5, 6, 7, 1], [9, 10, 1, 0]]), "labels": labels}
+    mean = model(**inputs).loss
+    tokens = int((labels != -100).sum())
+    summed = model(**inputs, num_items_in_batch=torch.tensor(2 * tokens)).loss
+    torch.testing.assert_close(summed, mean / 2)

@@ -77,18 +77,16 @@ def test_common_checks(scheme: str, skip_lambda: int, norm: str) -> None:
     out.loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert all(g is None or torch.isfinite(g).all() for g in grads.values())
-    missing = sorted(n for n, g in grads.items() if g is None)
-    if scheme == "pre_ln":
-        # the scheme offers F the input N(x); a down-sampling block computes F from its own input instead
-        assert missing and all(".layers.0.residual.norms.0." in n and "stages.0." not in n for n in missing)
-    else:
-        assert missing == []
+    # every parameter takes part (DDP needs no find_unused_parameters), pre_ln's down-sampling blocks included
+    assert sorted(n for n, g in grads.items() if g is None) == []
 
-    residuals = [m.residual for m in model.modules() if isinstance(m, RSkipResNetBasicLayer)]
-    assert len(residuals) == 3 * config.blocks_per_stage
-    assert {len(r.norms) for r in residuals} == {
-        {"post_ln": 1, "pre_ln": 1, "xskip": 0, "xskip_ln": 1, "rskip_ln": skip_lambda}[scheme]
-    }
+    blocks = [m for m in model.modules() if isinstance(m, RSkipResNetBasicLayer)]
+    assert len(blocks) == 3 * config.blocks_per_stage
+    norms = {"post_ln": 1, "pre_ln": 1, "xskip": 0, "xskip_ln": 1, "rskip_ln": skip_lambda}[scheme]
+    for block in blocks:
+        # a down-sampling block computes F from its own pre-activation: pre_ln's norm of F's input has no place there
+        expected = 0 if scheme == "pre_ln" and block.projects_shortcut else norms
+        assert len(block.residual.norms) == expected
 
     model.eval()
     tuple_out = model(x, labels=labels, return_dict=False)
@@ -170,6 +168,33 @@ def test_xskip_ln_scales_the_projected_shortcut() -> None:
     preact = F.relu(block.norm1(h))
     branch = block.conv2(F.relu(block.norm2(block.conv1(preact))))
     torch.testing.assert_close(block(h), block.residual.norms[0](0.5 * block.shortcut(preact) + branch))
+
+
+@pytest.mark.parametrize("scheme, skip_lambda", SCHEME_LAMBDAS)
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_down_sampling_block_formula(scheme: str, skip_lambda: int, norm: str) -> None:
+    """At a down-sampling block, x is the projected shortcut s and F comes from the block's own pre-activation."""
+    model = RSkipResNetModel(tiny_config(scheme, skip_lambda, residual_norm=norm)).eval()
+    randomize_norms(model)
+    block = model.stages[1].layers[0]
+    h = torch.randn(2, 4, 8, 8)
+    preact = F.relu(block.norm1(h))
+    s, branch = block.shortcut(preact), block.conv2(F.relu(block.norm2(block.conv1(preact))))
+    norms, lam = list(block.residual.norms), skip_lambda
+    if scheme == "post_ln":
+        expected = norms[0](s + branch)
+    elif scheme == "pre_ln":
+        expected = s + branch
+    elif scheme == "xskip":
+        expected = lam * s + branch
+    elif scheme == "xskip_ln":
+        expected = norms[0](lam * s + branch)
+    else:
+        expected = norms[0](s + branch)
+        for n in norms[1:]:
+            expected = n(expected + s)
+    with torch.no_grad():
+        torch.testing.assert_close(block(h), expected, rtol=0, atol=0)
 
 
 def test_pre_ln_normalizes_the_branch_input_and_the_stack_end() -> None:
@@ -338,3 +363,38 @@ def test_pipeline_with_the_saved_image_processor(tmp_path) -> None:
 
 def test_every_scheme_is_covered() -> None:
     assert {scheme for scheme, _ in SCHEME_LAMBDAS} == set(RESIDUAL_SCHEMES)
+
+
+@pytest.mark.parametrize("where", ["call", "config"])
+def test_return_dict_false_gives_the_output_as_a_tuple(where: str) -> None:
+    model = RSkipResNetForImageClassification(tiny_config()).eval()
+    x, labels = pixels(), torch.tensor([0, 4, 2])
+    calls = {
+        "classifier": lambda **kw: model(x, labels=labels, output_hidden_states=True, **kw),
+        "trunk": lambda **kw: model.resnet(x, output_hidden_states=True, **kw),
+    }
+    with torch.no_grad():
+        expected = {name: call().to_tuple() for name, call in calls.items()}
+        for name, call in calls.items():
+            if where == "call":
+                got = call(return_dict=False)
+            else:
+                model.config.return_dict = False  # the trunk shares the config
+                try:
+                    got = call()
+                finally:
+                    model.config.return_dict = True
+            assert isinstance(got, tuple) and len(got) == len(expected[name])
+            torch.testing.assert_close(got[0], expected[name][0], rtol=0, atol=0)
+            torch.testing.assert_close(got[-1], expected[name][-1], rtol=0, atol=0)
+
+
+def test_forward_signatures_carry_transformers_typed_kwargs() -> None:
+    import inspect
+
+    from transformers.processing_utils import Unpack
+    from transformers.utils import TransformersKwargs
+
+    for cls in (RSkipResNetForImageClassification, RSkipResNetModel):
+        kwargs = inspect.signature(cls.forward, eval_str=True).parameters["kwargs"]
+        assert kwargs.annotation == Unpack[TransformersKwargs], cls.__name__

@@ -52,3 +52,27 @@ def test_old_folders_load_as_remote_code_without_the_package() -> None:
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd="/", timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["transformers_modules", "transformers_modules"]
+
+
+def test_a_pre_ln_resnet_saved_with_unused_down_sampling_norms_loads_and_gives_the_same_logits() -> None:
+    """hf_rskip 0.2 built a norm at pre_ln's down-sampling blocks whose output was thrown away: its weights (and
+    BatchNorm statistics) are in such folders. They are ignored on load, with no error and the same logits."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageClassification
+    from transformers.utils import logging
+
+    import hf_rskip
+
+    folder = FIXTURES / "pre_ln_resnet_with_unused_norms"
+    stale = sorted(k for k in load_file(folder / "model.safetensors") if "layers.0.residual.norms" in k
+                   and "stages.0." not in k)
+    assert len(stale) == 10  # weight, bias, running mean / var, batch count at stages 1 and 2
+    logging.set_verbosity_warning()
+    model, info = AutoModelForImageClassification.from_pretrained(folder, output_loading_info=True)
+    assert isinstance(model, hf_rskip.RSkipResNetForImageClassification)
+    assert info["missing_keys"] == set() or not info["missing_keys"]
+    assert not set(info["unexpected_keys"]) - set(stale)
+    assert not any(n in stale for n, _ in model.named_parameters())
+    pixels = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model.eval()(pixel_values=pixels).logits, torch.load(folder / "expected_logits.pt"),
+                               rtol=0, atol=0)
