@@ -156,6 +156,12 @@ def translation_card(folder: Path, results: Mapping[str, Any], *, job: Any) -> M
                   if f"{p}_{m}_signature" in results]
     example = job.raw["test" if "test" in job.raw else "validation"][0]["translation"][src]
     dataset = results.get("dataset")
+    t5 = getattr(config, "model_type", "") == "rskip_t5"
+    size = {"family": "T5-style" if t5 else "Marian-style", "d_model": config.d_model,
+            "encoder_layers": config.num_layers if t5 else config.encoder_layers,
+            "decoder_layers": config.num_decoder_layers if t5 else config.decoder_layers,
+            "heads": config.num_heads if t5 else config.encoder_attention_heads,
+            "ffn": config.d_ff if t5 else config.encoder_ffn_dim} if config is not None else {}
     return write_model_card(
         folder, template_name="translation.md",
         card_data_kwargs=dict(
@@ -167,7 +173,7 @@ def translation_card(folder: Path, results: Mapping[str, Any], *, job: Any) -> M
                                               dataset_name=results["dataset_name"],
                                               dataset_config=results.get("dataset_config"), source_lang=src,
                                               target_lang=tgt),
-        model_id=_model_id(args), license_given=args.license is not None, config=config, results=results,
+        model_id=_model_id(args), license_given=args.license is not None, config=config, size=size, results=results,
         args=args, model_args=margs, data_args=job.data_args, score_rows=score_rows, signatures=signatures,
         example_source=example.replace('"', "'"), command=results.get("command") or "",
     )

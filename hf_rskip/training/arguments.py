@@ -197,45 +197,71 @@ class RunArguments:
 # Translation
 # --------------------------------------------------------------------------------------------------
 
+#: Size options per model family of ``run_translation.py`` (each family's own field names).
+FAMILY_SIZE_FIELDS: dict[str, tuple[str, ...]] = {
+    "rskip": ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
+              "encoder_ffn_dim", "decoder_ffn_dim"),
+    "rskip_t5": ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads"),
+}
+
+
 @dataclass
 class TranslationModelArguments:
-    """Which model: a saved or converted one (``--model_name_or_path``), or a fresh one from a preset."""
+    """Which model: a saved or converted one (``--model_name_or_path``), or a fresh one of a family and preset.
+
+    Two families: ``rskip`` (Marian-style: sinusoidal positions, LayerNorm, ``final_logits_bias``) and ``rskip_t5``
+    (T5-style: relative position buckets, bias-free RMSNorm, ReLU or gated-GELU feed-forward). Each takes its own
+    size options (``--encoder_layers`` ... for rskip; T5's ``--num_layers``, ``--d_ff``, ``--d_kv`` ... for
+    rskip_t5) on top of its preset.
+    """
 
     model_name_or_path: str | None = field(default=None, metadata=_help(
-        "a saved model (folder or Hub id) to continue training or fine-tune: an rSkip model, or a Marian model "
-        "converted on the fly"))
+        "a saved model (folder or Hub id) to continue training or fine-tune: an rSkip model of either family, or a "
+        "Marian or T5 model converted on the fly (convert_to_rskip) to the scheme asked for"))
     config_name: str | None = field(default=None, metadata=_help(
         "a config (folder, file or Hub id) for a fresh model instead of --preset"))
     tokenizer_name: str | None = field(default=None, metadata=_help(
         "a tokenizer (folder or Hub id); default: the model's, or a BPE trained on the training data"))
     trust_remote_code: bool = field(default=False, metadata=_help(
         "allow Python code shipped with --model_name_or_path / --config_name / --tokenizer_name to run"))
-    model_type: Literal["rskip"] = field(default="rskip", metadata=_help("model family of a fresh model"))
-    preset: str = field(default="small", metadata=_help("size preset of a fresh model (see TEXT_PRESETS)"))
+    model_type: Literal["rskip", "rskip_t5"] = field(default="rskip", metadata=_help(
+        "model family of a fresh model: rskip (Marian-style) or rskip_t5 (T5-style)"))
+    preset: str | None = field(default=None, metadata=_help(
+        "size preset of a fresh model (rskip: TEXT_PRESETS, default small; rskip_t5: T5_PRESETS, default tiny)"))
     residual_scheme: str | None = field(default=None, metadata=_help(
         f"{', '.join(RESIDUAL_SCHEMES)} (default: rskip_ln for a fresh model, the saved one's otherwise)"))
     skip_lambda: float | None = field(default=None, metadata=_help(
         "λ: an integer >= 1 for rskip_ln, > 0 for xskip / xskip_ln (default: 2); post_ln and pre_ln have none"))
-    residual_norm: str | None = field(default=None, metadata=_help(f"{', '.join(TEXT_NORMS)} (default: layer)"))
-    d_model: int | None = field(default=None, metadata=_help("overrides the preset's value"))
-    encoder_layers: int | None = field(default=None, metadata=_help("overrides the preset's value"))
-    decoder_layers: int | None = field(default=None, metadata=_help("overrides the preset's value"))
-    encoder_attention_heads: int | None = field(default=None, metadata=_help("overrides the preset's value"))
-    decoder_attention_heads: int | None = field(default=None, metadata=_help("overrides the preset's value"))
-    encoder_ffn_dim: int | None = field(default=None, metadata=_help("overrides the preset's value"))
-    decoder_ffn_dim: int | None = field(default=None, metadata=_help("overrides the preset's value"))
-    dropout: float | None = field(default=None, metadata=_help("default: the preset's (0.1 unless it says)"))
-    attention_dropout: float | None = field(default=None, metadata=_help("default: the preset's (0)"))
-    activation_dropout: float | None = field(default=None, metadata=_help("default: the preset's (0)"))
-
-    SIZE_FIELDS = ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
-                   "encoder_ffn_dim", "decoder_ffn_dim")
+    residual_norm: str | None = field(default=None, metadata=_help(
+        f"{', '.join(TEXT_NORMS)} (default: layer for rskip, rms for rskip_t5)"))
+    d_model: int | None = field(default=None, metadata=_help("overrides the preset's value (both families)"))
+    encoder_layers: int | None = field(default=None, metadata=_help("rskip: overrides the preset's value"))
+    decoder_layers: int | None = field(default=None, metadata=_help("rskip: overrides the preset's value"))
+    encoder_attention_heads: int | None = field(default=None, metadata=_help("rskip: overrides the preset's value"))
+    decoder_attention_heads: int | None = field(default=None, metadata=_help("rskip: overrides the preset's value"))
+    encoder_ffn_dim: int | None = field(default=None, metadata=_help("rskip: overrides the preset's value"))
+    decoder_ffn_dim: int | None = field(default=None, metadata=_help("rskip: overrides the preset's value"))
+    num_layers: int | None = field(default=None, metadata=_help("rskip_t5: encoder layers"))
+    num_decoder_layers: int | None = field(default=None, metadata=_help("rskip_t5: decoder layers"))
+    num_heads: int | None = field(default=None, metadata=_help("rskip_t5: attention heads"))
+    d_ff: int | None = field(default=None, metadata=_help("rskip_t5: feed-forward width"))
+    d_kv: int | None = field(default=None, metadata=_help("rskip_t5: width of each attention head"))
+    feed_forward_proj: str | None = field(default=None, metadata=_help("rskip_t5: relu (T5 v1.0) or gated-gelu (v1.1)"))
+    dropout: float | None = field(default=None, metadata=_help(
+        "default: the preset's (0.1 unless it says); for rskip_t5 T5's dropout_rate"))
+    attention_dropout: float | None = field(default=None, metadata=_help("rskip: default the preset's (0)"))
+    activation_dropout: float | None = field(default=None, metadata=_help("rskip: default the preset's (0)"))
 
     def __post_init__(self) -> None:
         from ..models.configuration_rskip import TEXT_PRESETS
+        from ..models.configuration_rskip_t5 import T5_PRESETS
 
-        if self.preset not in TEXT_PRESETS:
-            raise _fail("preset", self.preset, f"accepted: {', '.join(sorted(TEXT_PRESETS))}")
+        presets = TEXT_PRESETS if self.model_type == "rskip" else T5_PRESETS
+        if self.preset is None:
+            self.preset = "small" if self.model_type == "rskip" else "tiny"
+        if self.preset not in presets:
+            raise _fail("preset", self.preset, f"accepted for --model_type {self.model_type}: "
+                                               f"{', '.join(sorted(presets))}")
         if self.residual_scheme is not None and self.residual_scheme not in RESIDUAL_SCHEMES:
             raise _fail("residual_scheme", self.residual_scheme, f"accepted: {', '.join(RESIDUAL_SCHEMES)}")
         if self.residual_norm is not None and self.residual_norm not in TEXT_NORMS:
@@ -244,37 +270,61 @@ class TranslationModelArguments:
         if self.skip_lambda is not None and self.residual_scheme in ("post_ln", "pre_ln") and self.skip_lambda != 1:
             raise _fail("skip_lambda", self.skip_lambda,
                         f"{self.residual_scheme} has no λ (only xskip, xskip_ln and rskip_ln do); drop the option")
-        for name in self.SIZE_FIELDS:
+        every_size = {f for fields_ in FAMILY_SIZE_FIELDS.values() for f in fields_}
+        for name in every_size:
             check_int(name, getattr(self, name), optional=True)
         for name in ("dropout", "attention_dropout", "activation_dropout"):
             check_float(name, getattr(self, name), low=0, high=1, high_open=True, optional=True)
+        other = [f for f in sorted(every_size - set(FAMILY_SIZE_FIELDS[self.model_type]))
+                 if getattr(self, f) is not None]
+        if self.model_type == "rskip" and self.feed_forward_proj is not None:
+            other.append("feed_forward_proj")
+        if self.model_type == "rskip_t5":
+            other += [f for f in ("attention_dropout", "activation_dropout") if getattr(self, f) is not None]
+        if other and self.model_name_or_path is None:
+            raise _fail(other[0], getattr(self, other[0]), f"is not an option of --model_type {self.model_type}")
         if self.model_name_or_path is not None:
-            changed = [f for f in self.SIZE_FIELDS if getattr(self, f) is not None]
+            changed = [f for f in (*every_size, "feed_forward_proj") if getattr(self, f) is not None]
             if changed:
                 raise _fail(changed[0], getattr(self, changed[0]),
                             "size options build a fresh model; they cannot change --model_name_or_path")
         elif self.config_name is None:
             self.fresh_config(vocab_size=8, pad_token_id=2, eos_token_id=0, decoder_start_token_id=2)
 
+    def scheme_overrides(self) -> dict[str, Any]:
+        """The scheme options that were given."""
+        return {k: getattr(self, k) for k in ("residual_scheme", "skip_lambda", "residual_norm")
+                if getattr(self, k) is not None}
+
+    def dropout_overrides(self, model_type: str) -> dict[str, Any]:
+        """The dropout options that were given, under the family's field names."""
+        if model_type == "rskip_t5":
+            return {"dropout_rate": self.dropout} if self.dropout is not None else {}
+        return {k: getattr(self, k) for k in ("dropout", "attention_dropout", "activation_dropout")
+                if getattr(self, k) is not None}
+
+    def size_overrides(self) -> dict[str, Any]:
+        """The family's size options, the scheme and the dropout options that were given."""
+        sizes = {k: getattr(self, k) for k in (*FAMILY_SIZE_FIELDS[self.model_type], "feed_forward_proj")
+                 if getattr(self, k) is not None}
+        return {**sizes, **self.scheme_overrides(), **self.dropout_overrides(self.model_type)}
+
+    def config_class(self) -> Any:
+        from ..models import RSkipConfig, RSkipT5Config
+
+        return RSkipConfig if self.model_type == "rskip" else RSkipT5Config
+
     def fresh_config(self, **fields: Any) -> Any:
-        """The config of a fresh model from the preset and the options (its own checks named as options).
+        """The config of a fresh model from the family, preset and options (its own checks named as options).
 
         Args:
             **fields: config fields that do not come from options (token ids, vocabulary size, ...).
         """
-        from ..models import RSkipConfig
-
         try:
-            return RSkipConfig.from_preset(self.preset, **{"residual_scheme": "rskip_ln", **self.size_overrides()},
-                                           **fields)
+            return self.config_class().from_preset(
+                self.preset, **{"residual_scheme": "rskip_ln", **self.size_overrides()}, **fields)
         except ValueError as err:
             raise config_error(err) from None
-
-    def size_overrides(self) -> dict[str, Any]:
-        """The size, scheme and dropout options that were given."""
-        names = (*self.SIZE_FIELDS, "residual_scheme", "skip_lambda", "residual_norm", "dropout", "attention_dropout",
-                 "activation_dropout")
-        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
 
 TRANSLATION_DATA_OPTIONS: tuple[str, ...] = ("recipe", "dataset_name", "train_file", "validation_file", "test_file")

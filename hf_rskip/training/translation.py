@@ -52,6 +52,8 @@ def option_defaults(given: Mapping[str, Any]) -> dict[str, Any]:
             pass  # an unknown recipe is reported by the argument check, with the accepted names
     if given.get("per_device_train_batch_size") is not None:
         defaults.pop("max_tokens", None)  # sentence batches asked for: a default token budget does not apply
+    if given.get("model_type") == "rskip_t5" and defaults.get("preset") not in (None, "tiny"):
+        defaults.pop("preset")  # a recipe's preset names a Marian-style size; the T5 family has its own presets
     return defaults
 
 
@@ -207,55 +209,66 @@ class TranslationJob(TrainingJob):
         return self.raw[split].map(add, batched=True, desc="source prefix")
 
     def _model(self) -> nn.Module:
-        """A saved rSkip model, a converted Marian model, or a fresh one from a preset / config and options."""
+        """A saved rSkip model of either family, a Marian or T5 model converted to the scheme asked for
+        (:func:`hf_rskip.convert_to_rskip`), or a fresh model from a family's preset or a config, and the options."""
         from transformers import AutoConfig
 
         from ..data.translation import special_token_ids
-        from ..models import RSkipConfig, RSkipForConditionalGeneration
+        from ..models import RSkipForConditionalGeneration, RSkipT5ForConditionalGeneration, convert_to_rskip
 
         margs = self.model_args
-        overrides = margs.size_overrides()
-        scheme = {k: v for k, v in overrides.items() if k in ("residual_scheme", "skip_lambda", "residual_norm")}
-        dropout = {k: v for k, v in overrides.items() if k.endswith("dropout")}
+        scheme = margs.scheme_overrides()
         if margs.model_name_or_path is not None:
             path = margs.model_name_or_path
             try:
                 config = AutoConfig.from_pretrained(path, trust_remote_code=margs.trust_remote_code)
             except (OSError, ValueError) as err:
                 raise ArgumentError(f"--model_name_or_path {path!r}: {_config_problem(err)}") from None
-            if config.model_type == "marian":
-                model = RSkipForConditionalGeneration.from_marian(path, **scheme, **dropout)
-            elif config.model_type == "rskip":
-                model = RSkipForConditionalGeneration.from_pretrained(path, **dropout)
-                changed = {k: v for k, v in scheme.items() if getattr(model.config, k) != v}
-                if changed:
-                    raise ArgumentError(
-                        f"--{next(iter(changed))} {next(iter(changed.values()))!r}: {path} was trained with "
-                        f"{model.config.residual_scheme} λ={model.config.skip_lambda}; a saved rSkip model keeps its "
-                        "scheme (convert a Marian model to choose one)")
-            else:
-                raise ArgumentError(f"--model_name_or_path {path!r} holds a {config.model_type!r} model; accepted: "
-                                    "an rSkip model or a Marian model (converted with from_marian)")
+            kind = config.model_type
+            family = "rskip_t5" if kind in ("t5", "rskip_t5") else "rskip"
+            dropout = margs.dropout_overrides(family)
+            try:
+                if kind in ("marian", "t5"):
+                    model = convert_to_rskip(path, **scheme, **dropout)
+                elif kind in ("rskip", "rskip_t5"):
+                    cls = RSkipForConditionalGeneration if kind == "rskip" else RSkipT5ForConditionalGeneration
+                    model = cls.from_pretrained(path, **dropout)
+                else:
+                    raise ArgumentError(f"--model_name_or_path {path!r} holds a {kind!r} model; accepted: an rSkip "
+                                        "model of either family, or a Marian or T5 model (converted to rSkip)")
+            except (OSError, ValueError) as err:
+                if isinstance(err, ArgumentError):
+                    raise
+                raise ArgumentError(f"--model_name_or_path {path!r}: {err}") from None
+            changed = {k: v for k, v in scheme.items() if kind.startswith("rskip") and getattr(model.config, k) != v}
+            if changed:
+                raise ArgumentError(
+                    f"--{next(iter(changed))} {next(iter(changed.values()))!r}: {path} was trained with "
+                    f"{model.config.residual_scheme} λ={model.config.skip_lambda}; a saved rSkip model keeps its "
+                    "scheme (hf_rskip.convert_to_rskip makes a copy with another one)")
             if model.config.vocab_size < len(self.tokenizer):
                 raise ArgumentError(f"--tokenizer_name: the tokenizer has {len(self.tokenizer)} tokens but the "
                                     f"model's vocabulary has {model.config.vocab_size}")
             return model
-        ids = special_token_ids(self.tokenizer)
-        fields = {**ids, "scale_embedding": True,
-                  "max_position_embeddings": max(512, self.data_args.max_source_length,
-                                                 self.data_args.max_target_length)}
+        fields = dict(special_token_ids(self.tokenizer))
+        if margs.model_type == "rskip":  # Marian-style: learned-free sinusoidal positions, scaled embeddings
+            fields.update(scale_embedding=True, max_position_embeddings=max(512, self.data_args.max_source_length,
+                                                                            self.data_args.max_target_length))
+        model_class = RSkipForConditionalGeneration if margs.model_type == "rskip" else RSkipT5ForConditionalGeneration
         if margs.config_name is None:
-            return RSkipForConditionalGeneration(margs.fresh_config(**fields))
+            return model_class(margs.fresh_config(**fields))
         try:
             base = AutoConfig.from_pretrained(margs.config_name, trust_remote_code=margs.trust_remote_code)
         except (OSError, ValueError) as err:
             raise ArgumentError(f"--config_name {margs.config_name!r}: {_config_problem(err)}") from None
-        values = {k: v for k, v in base.to_dict().items() if k in RSkipConfig().to_dict()}
+        config_class = margs.config_class()
+        known = config_class().to_dict()
+        values = {k: v for k, v in base.to_dict().items() if k in known and k not in ("model_type", "architectures")}
         try:
-            config = RSkipConfig(**{**values, "residual_scheme": "rskip_ln", **overrides, **fields})
+            config = config_class(**{**values, "residual_scheme": "rskip_ln", **margs.size_overrides(), **fields})
         except ValueError as err:
             raise ArgumentError(f"--config_name {margs.config_name!r}: {err}") from None
-        return RSkipForConditionalGeneration(config)
+        return model_class(config)
 
     def _set_generation_config(self, model: nn.Module) -> None:
         """What ``generate`` and the pipeline use by default for this model: the run's decoding settings."""
@@ -274,7 +287,8 @@ class TranslationJob(TrainingJob):
 
     def describe(self, model: nn.Module) -> str:
         config = model.config
-        return (f"{config.residual_scheme} λ={config.skip_lambda}: {model.num_parameters():,} parameters; "
+        return (f"{config.model_type} {config.residual_scheme} λ={config.skip_lambda}: {model.num_parameters():,} "
+                f"parameters; "
                 f"{self.counts.get('train_pairs', 0)} training pairs ({self.counts.get('train_dropped_empty', 0)} "
                 f"empty dropped, {self.counts.get('train_truncated', 0)} truncated)")
 

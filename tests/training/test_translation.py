@@ -453,3 +453,48 @@ def test_code_in_a_model_folder_runs_only_with_trust_remote_code(tmp_path: Path)
                       "--trust_remote_code", check=False)
     assert marker.exists() and proc.returncode == 2  # with consent it runs; the model is then not a translation one
     assert "holds a 'someones_model' model" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# The T5 family: trained from scratch with a task prefix, and a T5 checkpoint converted and fine-tuned.
+# ------------------------------------------------------------------------------------------------
+
+def test_the_t5_family_trains_from_scratch_with_a_source_prefix(tmp_path: Path) -> None:
+    out = tmp_path / "t5"
+    run_script("--output_dir", str(out), *TINY, "--model_type", "rskip_t5", "--num_layers", "2",
+               "--num_decoder_layers", "3", "--feed_forward_proj", "gated-gelu", "--source_prefix",
+               "translate English to Invented: ", "--max_train_steps", "3", "--eval_steps", "no")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "rskip_t5" and config["residual_norm"] == "rms"
+    assert (config["num_layers"], config["num_decoder_layers"], config["feed_forward_proj"]) == (2, 3, "gated-gelu")
+    results = json.loads((out / "results.json").read_text())
+    assert results["options"]["source_prefix"] == "translate English to Invented: " and results["train_steps"] == 3
+    import hf_rskip  # noqa: F401
+    from transformers import AutoModelForSeq2SeqLM
+
+    assert type(AutoModelForSeq2SeqLM.from_pretrained(out)).__name__ == "RSkipT5ForConditionalGeneration"
+    proc = run_script("--output_dir", str(tmp_path / "bad"), *TINY, "--num_layers", "3", check=False)
+    assert proc.returncode == 2 and "--num_layers 3: is not an option of --model_type rskip" in proc.stderr
+
+
+def test_a_t5_folder_is_converted_to_rskip_and_fine_tuned(tmp_path: Path) -> None:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from hf_rskip.data import builtin_translation_task, special_token_ids, train_tokenizer
+
+    task = builtin_translation_task(200, 8, 8, seed=0)
+    tokenizer = train_tokenizer((p[k] for p in task["train"]["translation"] for k in ("en", "xx")), 200)
+    ids = special_token_ids(tokenizer)
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=ids["vocab_size"], d_model=32, d_kv=8, d_ff=64, num_layers=1,
+                                             num_heads=4, pad_token_id=ids["pad_token_id"],
+                                             eos_token_id=ids["eos_token_id"],
+                                             decoder_start_token_id=ids["pad_token_id"]))
+    t5.save_pretrained(tmp_path / "t5")
+    tokenizer.save_pretrained(tmp_path / "t5")
+    out = tmp_path / "out"
+    run_script("--output_dir", str(out), "--model_name_or_path", str(tmp_path / "t5"), "--residual_scheme",
+               "rskip_ln", "--skip_lambda", "2", *TINY, "--builtin_num_train", "200", "--max_train_steps", "2",
+               "--eval_steps", "no")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "rskip_t5" and config["residual_scheme"] == "rskip_ln" and config["skip_lambda"] == 2
+    assert config["d_model"] == 32 and json.loads((out / "results.json").read_text())["train_steps"] == 2
