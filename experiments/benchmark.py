@@ -408,6 +408,10 @@ BENCH_TARGETS: dict[str, float] = {
     "generate_greedy_ratio_vs_marian": 1.02,
     "generate_beam4_ratio_vs_marian": 1.02,
     "train_peak_mem_ratio_rskip2": 1.10,
+    # the T5 family (issue 10)
+    "t5_train_step_ratio_vs_t5": 1.02,
+    "t5_generate_greedy_ratio_vs_t5": 1.02,
+    "t5_rskip2_train_overhead": 0.05,
 }
 
 #: The text candidates: name -> residual options (``None``: MarianMTModel itself).
@@ -771,6 +775,103 @@ def _run_text_benchmarks(
             result[f"compiled_{label}_overhead_by_path"] = _by_path(
                 timings, [auto["compiled_generate"]], "post_ln@compiled", clock, "@compiled")
         result["compiled"] = compiled
+    return result
+
+
+#: The T5-family candidates: name -> options of ``convert_to_rskip`` (``None``: T5ForConditionalGeneration itself).
+#: ``pre_ln`` with RMSNorm is T5 exactly, so it is the family's reference, as ``post_ln`` is Marian's.
+T5_CANDIDATES: dict[str, dict[str, Any] | None] = {
+    "t5": None,
+    "pre_ln": dict(residual_scheme="pre_ln", residual_norm="rms"),
+    "rskip_ln_2": dict(residual_scheme="rskip_ln", skip_lambda=2),
+    "rskip_ln_3": dict(residual_scheme="rskip_ln", skip_lambda=3),
+}
+
+
+def t5_sizes(text_sizes: Mapping[str, Any]) -> dict[str, Any]:
+    """The T5 sizes equal to a Marian-style size entry: the same width, depth, heads and feed-forward width."""
+    heads = text_sizes["encoder_attention_heads"]
+    return dict(vocab_size=text_sizes["vocab_size"], d_model=text_sizes["d_model"],
+                d_kv=text_sizes["d_model"] // heads, d_ff=text_sizes["encoder_ffn_dim"],
+                num_layers=text_sizes["encoder_layers"], num_decoder_layers=text_sizes["decoder_layers"],
+                num_heads=heads)
+
+
+def build_t5_models(text_sizes: Mapping[str, Any], bench_device: BenchDevice, *, seed: int = 0) -> dict[str, nn.Module]:
+    """One ``T5ForConditionalGeneration`` (v1.0: ReLU, tied head) and the rSkip candidates converted from it, so all
+    share every common weight (``convert_to_rskip``: ``pre_ln`` gives T5's logits exactly)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from hf_rskip.models import convert_to_rskip
+
+    torch.manual_seed(seed)
+    config = T5Config(**t5_sizes(text_sizes), feed_forward_proj="relu", dropout_rate=0.1, pad_token_id=2,
+                      eos_token_id=0, decoder_start_token_id=2, attn_implementation="sdpa")
+    t5 = T5ForConditionalGeneration(config).to(bench_device.device)
+    return {name: t5 if options is None else convert_to_rskip(t5, **options) for name, options in T5_CANDIDATES.items()}
+
+
+def run_t5_benchmarks(
+    sizes: Mapping[str, Any],
+    bench_device: BenchDevice,
+    *,
+    clock: str = "wall",
+    sections: Sequence[str] = TEXT_SECTIONS,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The T5 family against transformers' T5 at equal size: training step, peak memory, greedy and beam-4 decoding.
+
+    The keys are those of the Marian comparison with a ``t5_`` prefix and T5 as the reference: ``t5_train_step_
+    ratio_vs_t5`` and ``t5_generate_{greedy,beam4}_ratio_vs_t5`` (our ``pre_ln`` over ``T5ForConditionalGeneration``,
+    the same weights), ``t5_rskip{2,3}_train_overhead`` and ``t5_generate_{greedy,beam4}_rskip2_overhead`` (rSkip+RMS
+    over ``pre_ln``), ``t5_train_peak_mem_ratio_rskip2`` (over ``pre_ln``).
+    """
+    import logging
+
+    logging.getLogger("hf_rskip").setLevel(logging.ERROR)  # convert_to_rskip names the new norms: expected here
+    models = build_t5_models(sizes["text"], bench_device)
+    batch = make_translation_batch(sizes["text"]["vocab_size"], **sizes["train_batch"], pad_token_id=2,
+                                   device=bench_device.device)
+    repeats, warmup = sizes["repeats"], sizes["warmup"]
+    result: dict[str, Any] = {}
+    steps = {}
+    for name, model in models.items():
+        model.train()
+        steps[name] = training_step(model, batch, adamw(model), bench_device)
+    if "train" in sections:
+        log(f"T5 training step: {list(steps)} x {repeats} rounds")
+        train = interleaved_timings(steps, repeats=repeats, warmup=warmup, synchronize=bench_device.synchronize)
+        result["t5_train"] = {name: t.to_dict() for name, t in train.items()}
+        result["t5_train_step_ratio_vs_t5"] = paired_ratio(train["pre_ln"], train["t5"], clock)
+        result["t5_rskip2_train_overhead"] = overhead_of(train["rskip_ln_2"], train["pre_ln"], clock)
+        result["t5_rskip3_train_overhead"] = overhead_of(train["rskip_ln_3"], train["pre_ln"], clock)
+    if "memory" in sections:
+        if "train" not in sections:
+            for step in steps.values():
+                step()  # the optimizer state exists before the measured step
+        mem = {name: peak_memory_bytes(step, bench_device.device) for name, step in steps.items()}
+        result["t5_train_peak_mem_bytes"] = mem
+        result["t5_train_peak_mem_ratio_pre_ln_vs_t5"] = ratio(mem["pre_ln"], mem["t5"])
+        result["t5_train_peak_mem_ratio_rskip2"] = ratio(mem["rskip_ln_2"], mem["pre_ln"])
+        result["t5_train_peak_mem_ratio_rskip3"] = ratio(mem["rskip_ln_3"], mem["pre_ln"])
+    gen_sizes = sizes["generate"]
+    source = make_translation_batch(sizes["text"]["vocab_size"], gen_sizes["batch_size"], gen_sizes["source_length"], 2,
+                                    pad_token_id=2, seed=1, device=bench_device.device)
+    inputs = {"input_ids": source["input_ids"], "attention_mask": source["attention_mask"]}
+    for label, beams in (("generate_greedy", 1), ("generate_beam4", 4)) if "generate" in sections else ():
+        calls = {}
+        for name, model in models.items():
+            model.eval()
+            calls[name] = generation_call(model, inputs, new_tokens=gen_sizes["new_tokens"], num_beams=beams,
+                                          bench_device=bench_device)
+        outputs = {name: call() for name, call in calls.items()}
+        if not torch.equal(outputs["pre_ln"], outputs["t5"]):  # the same model: the same tokens
+            raise RuntimeError(f"{label}: the converted pre_ln model decodes differently from T5")
+        log(f"T5 {label}: {list(calls)} x {repeats} rounds")
+        timings = interleaved_timings(calls, repeats=repeats, warmup=warmup, synchronize=bench_device.synchronize)
+        result[f"t5_{label}"] = {name: t.to_dict() for name, t in timings.items()}
+        result[f"t5_{label}_ratio_vs_t5"] = paired_ratio(timings["pre_ln"], timings["t5"], clock)
+        result[f"t5_{label}_rskip2_overhead"] = overhead_of(timings["rskip_ln_2"], timings["pre_ln"], clock)
     return result
 
 

@@ -42,6 +42,7 @@ from experiments.benchmark import (  # noqa: E402
     load_average,
     pick_device,
     run_resnet_benchmark,
+    run_t5_benchmarks,
     run_text_benchmarks,
 )
 
@@ -71,6 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--paths", nargs="+", choices=("loop", "fused", "triton"), default=None,
                         help="rskip_ln recursion paths to measure (default: every path that runs on the device)")
     parser.add_argument("--skip-resnet", action="store_true", help="leave out the PreAct-ResNet comparison (default: off)")
+    parser.add_argument("--skip-t5", action="store_true",
+                        help="leave out the T5-family comparison against T5ForConditionalGeneration (default: off)")
+    parser.add_argument("--skip-marian", action="store_true",
+                        help="leave out the Marian-family comparison (default: off)")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here (default: none)")
     return parser.parse_args(argv)
 
@@ -91,9 +96,12 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"mode": mode, "device": bench_device.name, "threads": bench_device.threads, "clock": args.clock,
                     "load_average_before": load_average(), "sizes": sizes}
     log(f"{mode} on {bench_device.name}, load average {result['load_average_before']}")
-    result.update(run_text_benchmarks(sizes, bench_device, clock=args.clock, sections=args.sections,
-                                      compile=args.compile, compile_backend=args.compile_backend, paths=args.paths,
-                                      log=log))
+    if not args.skip_marian:
+        result.update(run_text_benchmarks(sizes, bench_device, clock=args.clock, sections=args.sections,
+                                          compile=args.compile, compile_backend=args.compile_backend,
+                                          paths=args.paths, log=log))
+    if not args.skip_t5:
+        result.update(run_t5_benchmarks(sizes, bench_device, clock=args.clock, sections=args.sections, log=log))
     if not args.skip_resnet:
         result["resnet"] = run_resnet_benchmark(sizes, bench_device, clock=args.clock, log=log)
     result["load_average_after"] = load_average()
@@ -112,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {key:36s} {check['value']:8.3f}  target <= {check['target']:.2f}  "
                   f"{'ok' if check['met'] else 'MISSED'}")
         for key in ("rskip3_train_overhead", "rskip2_unfused_train_overhead", "train_peak_mem_ratio_rskip2_unfused",
+                    "t5_rskip3_train_overhead", "t5_generate_beam4_ratio_vs_t5", "t5_train_peak_mem_ratio_rskip2",
                     "compiled_post_ln_train_speedup", "compiled_post_ln_generate_greedy_speedup",
                     "compiled_post_ln_generate_beam4_speedup", "compiled_post_ln_train_peak_mem_ratio_vs_eager"):
             if key in result:

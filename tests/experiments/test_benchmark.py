@@ -129,10 +129,7 @@ def test_bench_script_prints_one_json_object(monkeypatch, capsys):
     monkeypatch.setattr(benchmark, "RESNET_CANDIDATES", {"xskip_1": dict(residual_scheme="xskip", skip_lambda=1),
                                                          "rskip_ln_2": dict(residual_scheme="rskip_ln", skip_lambda=2)})
     monkeypatch.setattr(bench, "BENCH_SIZES", benchmark.BENCH_SIZES)
-    if importlib.util.find_spec("hf_rskip.modeling_rskip_resnet") is None:
-        argv = ["--json", "--quick", "--device", "cpu", "--skip-resnet"]
-    else:
-        argv = ["--json", "--quick", "--device", "cpu"]
+    argv = ["--json", "--quick", "--device", "cpu"]
     threads = torch.get_num_threads()
     try:
         bench.main(argv)
@@ -142,9 +139,13 @@ def test_bench_script_prints_one_json_object(monkeypatch, capsys):
     for key in ("train_step_ratio_vs_marian", "rskip2_train_overhead", "rskip3_train_overhead",
                 "generate_greedy_ratio_vs_marian", "generate_beam4_ratio_vs_marian", "train_peak_mem_ratio_rskip2"):
         assert isinstance(result[key], float), key
+    for key in ("t5_train_step_ratio_vs_t5", "t5_rskip2_train_overhead", "t5_rskip3_train_overhead",
+                "t5_generate_greedy_ratio_vs_t5", "t5_generate_beam4_ratio_vs_t5", "t5_train_peak_mem_ratio_rskip2",
+                "t5_generate_greedy_rskip2_overhead"):
+        assert isinstance(result[key], float), key  # the T5 family against T5ForConditionalGeneration
+    assert set(result["t5_train"]) == {"t5", "pre_ln", "rskip_ln_2", "rskip_ln_3"}
     assert result["device"].startswith("cpu") and set(result["targets"]) == set(BENCH_TARGETS)
-    if "resnet" in result:
-        assert set(result["resnet"]["overhead_vs_xskip_1"]) == {"xskip_1", "rskip_ln_2"}
+    assert set(result["resnet"]["overhead_vs_xskip_1"]) == {"xskip_1", "rskip_ln_2"}
 
 
 @pytest.mark.parametrize("lam", [2, 3])
@@ -235,7 +236,8 @@ def test_bench_script_reports_every_path_eager_and_compiled(monkeypatch, capsys,
     monkeypatch.setattr(benchmark, "LAMBDAS", (2,))  # fewer graphs to trace; λ = 3 is the same code
     threads = torch.get_num_threads()
     try:
-        bench.main(["--json", "--quick", "--device", "cpu", "--skip-resnet", "--compile", "--compile-backend", "eager"])
+        bench.main(["--json", "--quick", "--device", "cpu", "--skip-resnet", "--skip-t5", "--compile",
+                    "--compile-backend", "eager"])
     finally:
         torch.set_num_threads(threads)
     result = json.loads(capsys.readouterr().out)
