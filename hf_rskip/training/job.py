@@ -173,8 +173,15 @@ class TrainingJob:
         from accelerate import Accelerator
         from accelerate.utils import DataLoaderConfiguration
 
+        from accelerate.state import AcceleratorState, GradientState
+
         args = self.args
         has_device = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+        # Accelerate keeps its precision and accumulation settings in process-wide singletons and refuses a second
+        # Accelerator with other settings. A job owns the process for its run, so an earlier job's settings (a
+        # notebook calling run_translation twice, a test session) are dropped; the process group is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
         return Accelerator(
             # Without an accelerator device, a torchrun-style launch (`accelerate launch --multi_gpu`) must use CPU
             # DDP over gloo; otherwise every process would silently train alone.

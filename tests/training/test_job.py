@@ -250,6 +250,19 @@ def test_fp16_meets_a_model_that_overflows_it_and_is_refused_before_training(tas
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
+def test_jobs_in_one_process_do_not_inherit_each_others_precision(tmp_path: Path) -> None:
+    """A notebook (or a test session) that runs a job with --mixed_precision bf16 and then one without it gets the
+    second job's precision, not Accelerate's 'already initialized' error."""
+    spec = TASKS["translation"]
+    first = main(spec["run"], spec["script"], [*spec["tiny"], "--output_dir", str(tmp_path / "a"),
+                                               "--mixed_precision", "bf16", "--max_train_steps", "1"])
+    second = main(spec["run"], spec["script"], [*spec["tiny"], "--output_dir", str(tmp_path / "b"),
+                                                "--mixed_precision", "no", "--max_train_steps", "1",
+                                                "--gradient_accumulation_steps", "2"])
+    assert first["options"]["mixed_precision"] == "bf16" and second["options"]["mixed_precision"] == "no"
+    assert second["train_steps"] == 1
+
+
 @pytest.mark.compile
 def test_translation_trains_with_torch_compile(tmp_path: Path) -> None:
     """--torch_compile trains the compiled model as eager trains it (no dropout, so both see the same numbers):
