@@ -130,7 +130,7 @@ def test_options_from_a_json_or_yaml_file_and_recipe_defaults(tmp_path) -> None:
                                 "learning_rate": 1e-3, "residual_scheme": "post_ln"}))
     model, data, training = parse_translation_args([str(file)])
     assert training.learning_rate == 1e-3 and model.residual_scheme == "post_ln"
-    assert training.num_warmup_steps == 1000 and training.max_tokens == 4096  # from the recipe
+    assert training.num_warmup_steps == 300 and training.max_tokens == 4096  # from the recipe
     yaml_file = tmp_path / "args.yaml"
     yaml_file.write_text(f"output_dir: {tmp_path / 'o'}\ndepth: 8\nhidden_sizes: [4, 8, 8]\nseed: 3\n")
     model, data, training = parse_image_args([str(yaml_file)])
