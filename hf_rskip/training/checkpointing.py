@@ -327,6 +327,20 @@ def model_state_dict(accelerator: Any, model: Any) -> dict[str, torch.Tensor]:
     return accelerator.get_state_dict(getattr(model, "_orig_mod", model))
 
 
+def pretrained_load_problem(path: str | Path, err: BaseException) -> str:
+    """Why ``from_pretrained`` failed on ``path``, in one sentence; a damaged or truncated weights file is named."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    folder = Path(path)
+    if not (isinstance(err, SafetensorError) or "safetensors" in text.lower()) or not folder.is_dir():
+        return text
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            read_weights_file(file)
+        except CheckpointError as damaged:
+            return str(damaged)
+    return text
+
+
 def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file, on CPU.
 

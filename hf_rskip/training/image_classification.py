@@ -152,14 +152,18 @@ class ImageClassificationJob(TrainingJob):
         if margs.model_name_or_path is not None:
             from transformers import AutoModelForImageClassification
 
+            from safetensors import SafetensorError
+
             from .arguments import ArgumentError
+            from .checkpointing import pretrained_load_problem
 
             try:
                 model = AutoModelForImageClassification.from_pretrained(
                     margs.model_name_or_path, id2label=id2label, label2id=label2id,
                     ignore_mismatched_sizes=margs.ignore_mismatched_sizes, trust_remote_code=margs.trust_remote_code)
-            except (OSError, ValueError) as err:
-                raise ArgumentError(f"--model_name_or_path {margs.model_name_or_path!r}: {err}") from None
+            except (OSError, ValueError, SafetensorError) as err:
+                raise ArgumentError(f"--model_name_or_path {margs.model_name_or_path!r}: "
+                                    f"{pretrained_load_problem(margs.model_name_or_path, err)}") from None
             return model.to(memory_format=torch.channels_last) if self.args.channels_last else model
         model = RSkipResNetForImageClassification(margs.fresh_config(id2label=id2label, label2id=label2id))
         return model.to(memory_format=torch.channels_last) if self.args.channels_last else model

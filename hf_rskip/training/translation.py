@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from .arguments import (
@@ -22,6 +23,7 @@ from .arguments import (
     TranslationTrainingArguments,
     parse_arguments,
 )
+from .checkpointing import pretrained_load_problem
 from .job import TrainingJob
 from .loop import LoopResult
 
@@ -183,6 +185,7 @@ class TranslationJob(TrainingJob):
     def build_model(self) -> nn.Module:
         from ..data.translation import tokenize_pairs
 
+        self._pretrained_config()  # a broken config.json is reported as such, not as a tokenizer problem
         self.tokenizer, self.tokenizer_description = self._tokenizer()
         model = self._model()
         self._set_generation_config(model)
@@ -208,6 +211,22 @@ class TranslationJob(TrainingJob):
 
         return self.raw[split].map(add, batched=True, desc="source prefix")
 
+    def _pretrained_config(self) -> Any:
+        """The config of ``--model_name_or_path`` (None without one).
+
+        Raises:
+            ArgumentError: naming the option and what is wrong with the folder's ``config.json``.
+        """
+        from transformers import AutoConfig
+
+        path, trust = self.model_args.model_name_or_path, self.model_args.trust_remote_code
+        if path is None:
+            return None
+        try:
+            return AutoConfig.from_pretrained(path, trust_remote_code=trust)
+        except (OSError, ValueError) as err:
+            raise ArgumentError(f"--model_name_or_path {path!r}: {_config_problem(err)}") from None
+
     def _model(self) -> nn.Module:
         """A saved rSkip model of either family, a Marian or T5 model converted to the scheme asked for
         (:func:`hf_rskip.convert_to_rskip`), or a fresh model from a family's preset or a config, and the options."""
@@ -220,11 +239,7 @@ class TranslationJob(TrainingJob):
         scheme = margs.scheme_overrides()
         if margs.model_name_or_path is not None:
             path = margs.model_name_or_path
-            try:
-                config = AutoConfig.from_pretrained(path, trust_remote_code=margs.trust_remote_code)
-            except (OSError, ValueError) as err:
-                raise ArgumentError(f"--model_name_or_path {path!r}: {_config_problem(err)}") from None
-            kind = config.model_type
+            kind = self._pretrained_config().model_type
             family = "rskip_t5" if kind in ("t5", "rskip_t5") else "rskip"
             dropout = margs.dropout_overrides(family)
             try:
@@ -236,10 +251,10 @@ class TranslationJob(TrainingJob):
                 else:
                     raise ArgumentError(f"--model_name_or_path {path!r} holds a {kind!r} model; accepted: an rSkip "
                                         "model of either family, or a Marian or T5 model (converted to rSkip)")
-            except (OSError, ValueError) as err:
+            except (OSError, ValueError, SafetensorError) as err:
                 if isinstance(err, ArgumentError):
                     raise
-                raise ArgumentError(f"--model_name_or_path {path!r}: {err}") from None
+                raise ArgumentError(f"--model_name_or_path {path!r}: {pretrained_load_problem(path, err)}") from None
             changed = {k: v for k, v in scheme.items() if kind.startswith("rskip") and getattr(model.config, k) != v}
             if changed:
                 raise ArgumentError(

@@ -250,6 +250,33 @@ def test_fp16_meets_a_model_that_overflows_it_and_is_refused_before_training(tas
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_a_damaged_model_folder_is_named_in_one_line(task, tmp_path: Path, capsys) -> None:
+    """--model_name_or_path on a folder whose weights were damaged (header bytes overwritten, or the file cut short)
+    names the weights file; a broken config.json is reported as a config problem even beside a working tokenizer."""
+    run_in_process(task, "--output_dir", str(tmp_path / "trained"), "--max_train_steps", "1")
+    capsys.readouterr()
+    weights = tmp_path / "trained" / "model.safetensors"
+    intact = weights.read_bytes()
+    damages = {"header": intact[:8] + b"{" * 40 + intact[48:], "truncated": intact[: len(intact) // 2]}
+    for damage, data in damages.items():
+        weights.write_bytes(data)
+        with pytest.raises(SystemExit) as exit_info:
+            run_in_process(task, "--output_dir", str(tmp_path / damage), "--model_name_or_path",
+                           str(tmp_path / "trained"), "--max_train_steps", "1")
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, (damage, err)
+        assert f"{weights} cannot be read as safetensors (damaged or truncated)" in err, (damage, err)
+    weights.write_bytes(intact)
+    (tmp_path / "trained" / "config.json").write_text("{not json")
+    with pytest.raises(SystemExit) as exit_info:
+        run_in_process(task, "--output_dir", str(tmp_path / "config"), "--model_name_or_path",
+                       str(tmp_path / "trained"), "--max_train_steps", "1")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "config" in err and "tokenizer" not in err and "config.json" in err, err
+
+
 def test_jobs_in_one_process_do_not_inherit_each_others_precision(tmp_path: Path) -> None:
     """A notebook (or a test session) that runs a job with --mixed_precision bf16 and then one without it gets the
     second job's precision, not Accelerate's 'already initialized' error."""
