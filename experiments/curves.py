@@ -2,14 +2,20 @@
 
 Every checkpoint records the training time spent to reach it (``train_seconds`` in its loop state), so a run's
 quality over wall time is read after training, off the clock: each checkpoint's weights translate the test set
-and sacreBLEU scores them. Used for the Multi30k recipe's curves (``scripts/reproduce.py --part recipe``).
+and sacreBLEU scores them. Used for the Multi30k recipe's curves:
+
+    python -m experiments.curves RUN_DIR [RUN_DIR ...] --labels "Post-LN" "rSkip+LN λ=2" \
+        --recipe local_multi30k_en_de --output results/recipe/curves
+
+writes ``curves.json`` (every checkpoint's step, training seconds, BLEU and chrF, per run) and ``time_to_bleu.png``
+(BLEU against training minutes, one line per run).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,4 +78,63 @@ def checkpoint_curve(
     return curve
 
 
-__all__ = ["checkpoint_curve"]
+def plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Path, *, title: str = "") -> Path:
+    """BLEU against training minutes, one line per run (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, curve in curves.items():
+        ax.plot([c["train_seconds"] / 60 for c in curve], [c["bleu"] for c in curve], marker="o", label=label)
+    ax.set_xlabel("training time (minutes)")
+    ax.set_ylabel("test BLEU (greedy, each checkpoint)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    from hf_rskip.data import clean_pairs, load_recipe
+    from hf_rskip.data.recipes import DATASET_RECIPES
+
+    parser = argparse.ArgumentParser(description="Time-to-BLEU curves from run_translation.py checkpoints.",
+                                     allow_abbrev=False)
+    parser.add_argument("runs", nargs="+", type=Path, help="run_translation.py output folders")
+    parser.add_argument("--labels", nargs="+", help="one label per run (default: the folder names)")
+    parser.add_argument("--recipe", default="local_multi30k_en_de", help="whose test split is translated")
+    parser.add_argument("--num_beams", type=int, default=1, help="decoding of each point (default: greedy)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", type=Path, required=True, help="folder for curves.json and time_to_bleu.png")
+    args = parser.parse_args(argv)
+    labels = args.labels or [run.name for run in args.runs]
+    if len(labels) != len(args.runs):
+        parser.error(f"--labels: {len(labels)} labels for {len(args.runs)} runs")
+    torch.set_num_threads(args.threads)
+    recipe = DATASET_RECIPES[args.recipe]
+    src, tgt = recipe["source_lang"], recipe["target_lang"]
+    test, _ = clean_pairs(load_recipe(args.recipe)["test"], src, tgt)
+    sources = [pair[src] for pair in test["translation"]]
+    references = [pair[tgt] for pair in test["translation"]]
+    args.output.mkdir(parents=True, exist_ok=True)
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for label, run in zip(labels, args.runs):
+        curves[label] = checkpoint_curve(run, sources, references, num_beams=args.num_beams)
+        print(label, [(c["step"], round(c["bleu"], 2)) for c in curves[label]], flush=True)
+        (args.output / "curves.json").write_text(json.dumps(curves, indent=1), encoding="utf-8")
+    plot_curves(curves, args.output / "time_to_bleu.png", title=f"{args.recipe}: time to BLEU")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["checkpoint_curve", "main", "plot_curves"]

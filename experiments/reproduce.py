@@ -191,22 +191,23 @@ PRESETS: dict[str, dict[str, Any]] = {
                  seeds=[0], steps=6, warmup_steps=2, max_tokens=512, dropout=0.1, label_smoothing=0.1,
                  max_grad_norm=1.0, weight_decay=1e-4, probe_pairs=8, logging_steps=2),
     ),
-    # <= 2 hours on 2 CPU cores: two single-thread runs at once (on this machine's small models that beats one
-    # run on two threads, and a busy machine keeps a fair share); from measured run times about 90 minutes of sweeps
-    # (24 text runs of 400 steps at ~335 s (3+3) / ~400 s (12+12), 20 ResNet-20 runs) plus 7.5 min of gradients.
-    # Sized so that models learn (a d_model-128 3+3 model passes 1 epoch of Multi30k). The text rate is chosen on
-    # full-budget runs (see plan_search); 1e-3, also tried for results/reproduce-cpu, lost for every scheme at both
-    # depths, so the grid is {2e-3, 4e-3}. xSkip without normalization (divergent at 12+12, see the gradient
-    # analysis) and λ = 3 are left to the gpu preset and to `--override` (README).
+    # The grid on 2 CPU cores, two single-thread runs at once. It does NOT fit the ~4 hours once hoped for;
+    # measured per-run costs (one thread, the other core busy): a 3+3 recipe-size run of 500 steps ~15 min of
+    # training + ~4 min of beam-5 test decoding; 6+6 about twice that; a ResNet-20 run of 3,200 steps ~50 min; a map
+    # cell 2-4 min (6+6, 12+12), ~8 min (24+24). Text 40 runs ~19 h of one core, vision 9 runs ~7.5 h, map 144 cells
+    # ~11 h: about 19 hours of wall time in all. The sweep is resumable and reuses finished runs, so it can be run in
+    # parts (--tasks, --override) and continued; README, "Does the paper's result hold?", says what has been run.
     "cpu": dict(
         jobs=2, threads=1,
         # The Multi30k recipe (run_translation.py --recipe multi30k_en_de: d_model 256, 3+3, 8,000 joint BPE,
         # 4,096-token batches, inverse-sqrt schedule, label smoothing 0.1, bf16 autocast, the last 3 checkpoints
-        # averaged, beam 5) at half its 1,000 steps, so 3 seeds of 5 schemes at two depths fit this machine. Each
+        # averaged, beam 5) at half its 1,000 steps, 3 seeds of 5 schemes at two depths. Each
         # scheme's rate is chosen from the grid on full-budget seed-0 runs (validation NLL).
         text=dict(
             data=dict(max_train_pairs=None, max_valid_pairs=500, max_test_pairs=None, vocab_size=8000, max_length=64),
-            depths={"3+3": _text_size(256, 3)},
+            # 6+6: the deeper setting, from the map (d_model 64): at 6+6 and 12+12 Post-LN still trains at 4.5e-3 but
+            # fails at 1.35e-2 (validation NLL 6.6, near its start), where rSkip+LN λ = 3 has the best NLL of all cells.
+            depths={"3+3": _text_size(256, 3), "6+6": _text_size(256, 6)},
             variants=[("post_ln", 1), ("pre_ln", 1), ("xskip_ln", 2), ("rskip_ln", 2), ("rskip_ln", 3)],
             seeds=[0, 1, 2], lr_grid=[1.5e-3, 3e-3], search_steps="final", steps=500, warmup_steps=150,
             max_tokens=4096, dropout=0.1, label_smoothing=0.1, num_beams=5, length_penalty=1.0, eval_every=100,
