@@ -30,7 +30,8 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.t5.modeling_t5 import T5Attention, T5DenseActDense, T5DenseGatedActDense
-from transformers.utils import logging
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
@@ -77,7 +78,7 @@ class RSkipT5LayerSelfAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_bias: torch.Tensor | None = None,
         cache: Cache | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Args:
         hidden_states: `(batch, seq_len, d_model)`.
@@ -115,7 +116,7 @@ class RSkipT5LayerCrossAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_bias: torch.Tensor | None = None,
         cache: Cache | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Args:
         hidden_states: `(batch, tgt_len, d_model)` decoder states.
@@ -177,7 +178,7 @@ class RSkipT5Block(GradientCheckpointingLayer):
         encoder_attention_mask: torch.Tensor | None = None,
         encoder_decoder_position_bias: torch.Tensor | None = None,
         cache: Cache | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Args:
         hidden_states: `(batch, seq_len, d_model)`.
@@ -342,7 +343,7 @@ class RSkipT5Stack(RSkipT5PreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         """Args:
         input_ids: `(batch, seq_len)` token ids (or `inputs_embeds`: `(batch, seq_len, d_model)`); in the
@@ -468,7 +469,7 @@ class RSkipT5Model(RSkipT5PreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqModelOutput:
         """Args:
         input_ids: `(batch, src_len)`; attention_mask: `(batch, src_len)`.
@@ -568,7 +569,7 @@ class RSkipT5ForConditionalGeneration(RSkipT5PreTrainedModel, GenerationMixin):
         decoder_inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutput:
         """Args:
         input_ids: `(batch, src_len)` source ids; attention_mask: `(batch, src_len)`.
@@ -658,7 +659,7 @@ class RSkipT5EncoderModel(RSkipT5PreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
         """Args:
         input_ids: `(batch, seq_len)` (or `inputs_embeds`: `(batch, seq_len, d_model)`).

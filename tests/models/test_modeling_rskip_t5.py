@@ -419,3 +419,22 @@ def test_seq2seq_trainer_trains_and_evaluates(task_and_tokenizer, tmp_path):
     assert np.isfinite(result.training_loss) and np.isfinite(metrics["eval_loss"])
     assert "eval_exact" in metrics
     assert not torch.equal(before, model.shared.weight.detach())
+
+
+def test_forward_signatures_carry_transformers_typed_kwargs():
+    import inspect
+
+    from transformers.processing_utils import Unpack
+    from transformers.utils import TransformersKwargs
+
+    from hf_rskip.models import modeling_rskip_t5 as module
+
+    classes = [getattr(module, name) for name in dir(module) if name.startswith("RSkipT5")
+               and isinstance(getattr(module, name), type) and "forward" in vars(getattr(module, name))]
+    typed = {cls.__name__ for cls in classes
+             if "kwargs" in inspect.signature(cls.forward).parameters
+             and inspect.signature(cls.forward, eval_str=True).parameters["kwargs"].annotation
+             == Unpack[TransformersKwargs]}
+    untyped = {cls.__name__ for cls in classes if "kwargs" in inspect.signature(cls.forward).parameters} - typed
+    assert not untyped
+    assert {"RSkipT5Model", "RSkipT5ForConditionalGeneration", "RSkipT5EncoderModel", "RSkipT5Stack"} <= typed
