@@ -214,7 +214,7 @@ def plot_map(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     depths = sorted({r["depth"] for r in rows}, key=lambda d: int(d.split("+")[0]))
     cols = min(3, len(variants))
     fig, axes = plt.subplots(math.ceil(len(variants) / cols), cols, figsize=(4.2 * cols, 3.2 * math.ceil(
-        len(variants) / cols)), squeeze=False)
+        len(variants) / cols)), squeeze=False, layout="constrained")
     image = None
     for ax, variant in zip(axes.flat, variants):
         grid = np.full((len(depths), len(rates)), np.nan)
@@ -228,7 +228,8 @@ def plot_map(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
             i, j = depths.index(r["depth"]), rates.index(r["learning_rate"])
             if r["diverged"] == r["n"]:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", color="crimson"))
-            label = "div." if math.isnan(r["mean_nll"]) else f"{r['mean_nll']:.2f}"
+            label = "div." if math.isnan(r["mean_nll"]) else f"{r['mean_nll']:.3g}" if r["mean_nll"] > 99 else \
+                f"{r['mean_nll']:.2f}"
             if r["diverged"] and r["diverged"] < r["n"]:
                 label += f"\n{r['diverged']}/{r['n']} div."
             ax.text(j, i, label, ha="center", va="center", fontsize=7, color="white" if label != "div." else "crimson")
