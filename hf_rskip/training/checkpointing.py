@@ -28,6 +28,7 @@ order the steps. The folder must be shared by all processes of a node (the usual
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -35,7 +36,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -485,13 +486,69 @@ def save_checkpoint(
             if keep_last is not None:
                 for stale in list_checkpoints(checkpoint_dir)[:-keep_last]:
                     shutil.rmtree(stale, ignore_errors=True)
-    except OSError as err:
+    except (OSError, RuntimeError, SafetensorError) as err:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
+        storage = storage_problem(err, tmp)
+        if storage is not None:  # the run failed; nothing about its input was wrong
+            raise StorageError(f"could not save checkpoint {final}: {storage}; the previous checkpoints are "
+                               "intact") from None
+        if not isinstance(err, OSError):
+            raise
         raise CheckpointError(f"could not save checkpoint {final}: {describe_os_error(err)}; the previous "
                               "checkpoints are intact") from None
     accelerator.wait_for_everyone()
     return final
+
+
+class StorageError(OSError):
+    """Writing failed because the storage is full (or a file-size limit was hit); the message says what was being
+    written and what is intact. Scripts exit 1 on it (a failure, not bad input)."""
+
+
+#: How libraries report a failed write without an ``OSError``: torch's zip writer ("unexpected pos", "file write
+#: failed") and safetensors' Rust I/O errors (``Os { code: 28, kind: StorageFull }``; 27 is EFBIG).
+_WRITE_FAILURE_SIGNS = ("unexpected pos", "file write failed", "no space left", "storagefull", "code: 28",
+                        "code: 122", "code: 27", "filetoolarge", "file too large")
+
+
+def storage_problem(err: BaseException, where: str | os.PathLike) -> str | None:
+    """What a failed write means, in words, if it was the storage (full disk, quota, file-size limit); None
+    otherwise. Reads ``OSError`` numbers and the texts torch and safetensors raise instead of an ``OSError``."""
+    import errno
+
+    if isinstance(err, OSError):
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return describe_os_error(err)
+        return None
+    text = str(err).strip()
+    if not isinstance(err, (RuntimeError, SafetensorError)) or not any(
+            sign in text.lower() for sign in _WRITE_FAILURE_SIGNS):
+        return None
+    first = text.splitlines()[0] if text else type(err).__name__
+    try:
+        probe = Path(where)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = f"; {shutil.disk_usage(probe).free / 2**20:.1f} MiB free there"
+    except OSError:
+        free = ""
+    if any(sign in text.lower() for sign in ("code: 27", "filetoolarge", "file too large")):
+        return f"file too large for the file system while writing {where} ({first})"
+    return f"no space left on the device while writing {where} ({type(err).__name__}: {first}{free})"
+
+
+@contextlib.contextmanager
+def storage_errors(where: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turns a write that failed for lack of storage, however the library reports it (see :func:`storage_problem`),
+    into a :class:`StorageError` naming ``what`` was being written; other errors pass unchanged."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as err:
+        problem = storage_problem(err, where)
+        if problem is None:
+            raise
+        raise StorageError(f"could not write {what}: {problem}") from None
 
 
 def describe_os_error(err: OSError) -> str:
@@ -580,6 +637,9 @@ __all__ = [
     "checkpoint_step",
     "clean_leftovers",
     "describe_os_error",
+    "StorageError",
+    "storage_errors",
+    "storage_problem",
     "find_latest_checkpoint",
     "is_complete_checkpoint",
     "list_checkpoints",

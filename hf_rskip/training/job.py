@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .arguments import RunArguments, as_flat_dict
-from .checkpointing import CheckpointError, model_state_dict, resolve_checkpoint
+from .checkpointing import CheckpointError, model_state_dict, resolve_checkpoint, storage_errors
 from .loop import LoopConfig, LoopResult, Task, train
 from .optim import build_scheduler, is_metric_scheduler
 from .run_folder import RunFolder
@@ -323,8 +323,9 @@ class TrainingJob:
         state_dict = model_state_dict(accelerator, model)
         if accelerator.is_main_process:
             staging = self.folder.stage("model")
-            unwrapped.save_pretrained(staging, state_dict=state_dict)
-            self.save_artifacts(staging)
+            with storage_errors(staging, "the trained model"):
+                unwrapped.save_pretrained(staging, state_dict=state_dict)
+                self.save_artifacts(staging)
             self.folder.publish(staging, replace_previous=True)
         accelerator.wait_for_everyone()
 

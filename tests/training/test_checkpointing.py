@@ -22,6 +22,7 @@ from hf_rskip.training.checkpointing import (
     MARKER_NAME,
     STATE_NAME,
     CheckpointError,
+    StorageError,
     average_checkpoints,
     check_checkpoint,
     clean_leftovers,
@@ -146,10 +147,49 @@ def test_a_full_disk_while_saving_says_so_and_keeps_the_previous_checkpoint(tmp_
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(accelerator, "save_state", no_space)
-    with pytest.raises(CheckpointError, match=r"could not save checkpoint .*checkpoint-2: no space left on the "
-                                              r"device .*the previous checkpoints are intact"):
+    with pytest.raises(StorageError, match=r"could not save checkpoint .*checkpoint-2: no space left on the "
+                                           r"device .*the previous checkpoints are intact"):
         save_checkpoint(accelerator, tmp_path, 2)
     assert list_checkpoints(tmp_path) == [first] and not (tmp_path / "checkpoint-2.tmp").exists()
+
+
+@pytest.mark.parametrize("raised", [
+    # what torch.save's zip writer and safetensors raise on a real full disk, instead of an OSError
+    RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/3: file "
+                 "write failed"),
+    RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 4468736 vs 4468624"),
+    "safetensors",
+])
+def test_a_full_disk_reported_by_torch_or_safetensors_reads_as_a_full_disk(raised, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    from safetensors import SafetensorError
+
+    if raised == "safetensors":
+        raised = SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
+                                 'space left on device" })')
+    accelerator, *_ = _setup()
+    first = save_checkpoint(accelerator, tmp_path, 1)
+
+    def fails(output_dir: str) -> None:
+        raise raised
+
+    monkeypatch.setattr(accelerator, "save_state", fails)
+    with pytest.raises(StorageError, match=r"could not save checkpoint .*checkpoint-2: no space left on the device "
+                                           r"while writing .* MiB free there\); the previous checkpoints are intact"):
+        save_checkpoint(accelerator, tmp_path, 2)
+    assert list_checkpoints(tmp_path) == [first] and not (tmp_path / "checkpoint-2.tmp").exists()
+
+
+def test_other_runtime_errors_while_saving_are_not_mistaken_for_a_full_disk(tmp_path: Path, monkeypatch) -> None:
+    accelerator, *_ = _setup()
+
+    def fails(output_dir: str) -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(accelerator, "save_state", fails)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        save_checkpoint(accelerator, tmp_path, 1)
+    assert not (tmp_path / "checkpoint-1.tmp").exists()
 
 
 def test_sigkill_during_save_leaves_only_the_previous_checkpoint(tmp_path: Path) -> None:

@@ -154,6 +154,35 @@ def test_a_finished_run_is_never_lost(task: str, tmp_path: Path, capsys) -> None
 
 
 @pytest.mark.parametrize("task", list(TASKS))
+def test_a_full_disk_while_publishing_the_model_exits_1_and_keeps_the_finished_run(task: str, tmp_path: Path,
+                                                                                   capsys, monkeypatch) -> None:
+    """safetensors reports a full disk as a SafetensorError, not an OSError: it reads as a full disk, exit 1, one
+    line, and the finished run in the folder is as it was."""
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    out = tmp_path / "out"
+    run_in_process(task, "--output_dir", str(out), "--max_train_steps", "2")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".hf_rskip")}
+    capsys.readouterr()
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                              'left on device" })')
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    with pytest.raises(SystemExit) as exit_info:
+        run_in_process(task, "--output_dir", str(out), "--overwrite_output_dir", "--max_train_steps", "2")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("error:") == 1 and "Traceback" not in err, err
+    assert "could not write the trained model: no space left on the device while writing" in err, err
+    assert "files published before this are intact" in err
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".hf_rskip")}
+    assert after == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".staging-")]
+
+
+@pytest.mark.parametrize("task", list(TASKS))
 def test_a_diverging_run_stops_with_a_message_and_saves_no_non_finite_weights(task: str, tmp_path: Path,
                                                                               capsys) -> None:
     out = tmp_path / "out"
