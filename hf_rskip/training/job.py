@@ -25,7 +25,7 @@ from torch import nn
 
 from .arguments import RunArguments, as_flat_dict
 from .checkpointing import CheckpointError, model_state_dict, resolve_checkpoint, storage_errors
-from .loop import LoopConfig, LoopResult, Task, train
+from .loop import LoopConfig, LoopResult, NonFiniteLossError, Task, train
 from .optim import build_scheduler, is_metric_scheduler
 from .run_folder import RunFolder
 
@@ -319,8 +319,16 @@ class TrainingJob:
         self.model = model
         unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
 
-        # The model is published as soon as training succeeded, so a failing evaluation cannot lose it.
+        # The model is published as soon as training succeeded, so a failing evaluation cannot lose it; weights
+        # that are not finite (a last step that overflowed without a checkpoint after it) are never published.
         state_dict = model_state_dict(accelerator, model)
+        broken = [name for name, tensor in state_dict.items()
+                  if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+        if broken:
+            raise NonFiniteLossError(
+                f"the trained weights are not finite ({len(broken)} tensors, e.g. {broken[0]}); nothing was "
+                "published", step=result.state.completed_steps if result is not None else 0,
+                last_checkpoint=result.checkpoints[-1] if result is not None and result.checkpoints else None)
         if accelerator.is_main_process:
             staging = self.folder.stage("model")
             with storage_errors(staging, "the trained model"):
@@ -330,7 +338,11 @@ class TrainingJob:
         accelerator.wait_for_everyone()
 
         staging = self.folder.stage("results") if accelerator.is_main_process else None
-        results = dict(self.final_evaluation(model, staging or Path(os.devnull)))
+        try:
+            results = dict(self.final_evaluation(model, staging or Path(os.devnull)))
+        except BaseException:
+            self.log(f"the final evaluation failed; the trained model is saved in {args.output_dir}")
+            raise
         config = unwrapped.config
         results.update(
             model_type=config.model_type, residual_scheme=config.residual_scheme, skip_lambda=config.skip_lambda,

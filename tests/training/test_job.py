@@ -183,6 +183,50 @@ def test_a_full_disk_while_publishing_the_model_exits_1_and_keeps_the_finished_r
 
 
 @pytest.mark.parametrize("task", list(TASKS))
+def test_weights_that_overflow_after_the_last_step_are_never_published(task: str, tmp_path: Path, capsys,
+                                                                       monkeypatch) -> None:
+    """No checkpoint after the last step and weights that are no longer finite: exit 1, nothing published."""
+    from hf_rskip.training import job
+
+    real = job.model_state_dict
+
+    def overflowed(accelerator, model):
+        state = real(accelerator, model)
+        name = next(k for k, v in state.items() if v.is_floating_point())
+        state[name] = torch.full_like(state[name], float("inf"))
+        return state
+
+    monkeypatch.setattr(job, "model_state_dict", overflowed)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        run_in_process(task, "--output_dir", str(out), "--max_train_steps", "2")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "the trained weights are not finite" in err and "nothing was published" in err
+    assert not (out / "model.safetensors").exists() and not (out / "results.json").exists()
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_a_failing_final_evaluation_says_where_the_saved_model_is(task: str, tmp_path: Path, capsys,
+                                                                  monkeypatch) -> None:
+    spec_job = {"translation": "hf_rskip.training.translation.TranslationJob",
+                "image": "hf_rskip.training.image_classification.ImageClassificationJob"}[task]
+    module_name, class_name = spec_job.rsplit(".", 1)
+    import importlib
+
+    cls = getattr(importlib.import_module(module_name), class_name)
+
+    def broken(self, model, folder):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(cls, "final_evaluation", broken)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        run_in_process(task, "--output_dir", str(out), "--max_train_steps", "2")
+    assert f"the final evaluation failed; the trained model is saved in {out}" in capsys.readouterr().out
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+
+
+@pytest.mark.parametrize("task", list(TASKS))
 def test_a_diverging_run_stops_with_a_message_and_saves_no_non_finite_weights(task: str, tmp_path: Path,
                                                                               capsys) -> None:
     out = tmp_path / "out"
