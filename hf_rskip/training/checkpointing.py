@@ -329,7 +329,10 @@ def model_state_dict(accelerator: Any, model: Any) -> dict[str, torch.Tensor]:
 
 
 def pretrained_load_problem(path: str | Path, err: BaseException) -> str:
-    """Why ``from_pretrained`` failed on ``path``, in one sentence; a damaged or truncated weights file is named."""
+    """Why ``from_pretrained`` failed on ``path``, in one sentence: custom code that needs ``--trust_remote_code``, a
+    damaged or truncated weights file (named), or the first line of the library's message."""
+    if "trust_remote_code" in str(err):
+        return "it holds custom code; pass --trust_remote_code to allow it to run (only for folders you trust)"
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     folder = Path(path)
     if not (isinstance(err, SafetensorError) or "safetensors" in text.lower()) or not folder.is_dir():

@@ -174,7 +174,7 @@ class TranslationJob(TrainingJob):
                 return AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust), f"loaded from {source}"
             except (OSError, ValueError) as err:
                 raise ArgumentError(f"--{option or 'resume_from_checkpoint'} {str(source)!r}: no tokenizer could be "
-                                    f"loaded: {err}") from None
+                                    f"loaded: {pretrained_load_problem(source, err)}") from None
         if not self.do_train:
             raise ArgumentError("--tokenizer_name: there is no training data to train a tokenizer on")
         texts = (pair[lang] for pair in self.raw["train"]["translation"] for lang in (self.src, self.tgt))
@@ -451,10 +451,9 @@ def _corpus_name(path: str) -> str:
 
 def _config_problem(err: Exception) -> str:
     """What went wrong reading a model's ``config.json``, in one sentence."""
-    text = str(err)
-    if "trust_remote_code" in text:
-        return ("it holds custom code; pass --trust_remote_code to allow it to run (only for folders you trust)")
-    return f"no usable model config: {text.splitlines()[0] if text else type(err).__name__}"
+    if "trust_remote_code" in str(err):
+        return pretrained_load_problem("", err)
+    return f"no usable model config: {pretrained_load_problem('', err)}"
 
 
 def run_translation(argv: list[str] | None = None, *, command: str = "") -> dict[str, Any]:

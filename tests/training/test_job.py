@@ -350,6 +350,27 @@ def test_a_damaged_model_folder_is_named_in_one_line(task, tmp_path: Path, capsy
     assert "config" in err and "tokenizer" not in err and "config.json" in err, err
 
 
+@pytest.mark.parametrize("task, option", [("image", "--model_name_or_path"), ("translation", "--tokenizer_name"),
+                                          ("translation", "--model_name_or_path")])
+def test_custom_code_in_a_folder_needs_consent_in_every_loader(task, option, tmp_path: Path, capsys) -> None:
+    """The siblings of --model_name_or_path in run_translation.py: the image script's model and the translation
+    script's tokenizer. Without --trust_remote_code: exit 2, one line naming the option and the flag; no code ran."""
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    marker = tmp_path / "code_ran"
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "someones_model", "auto_map": {"AutoConfig": "some.SomeConfig"}}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "SomeTokenizer", "auto_map": {"AutoTokenizer": ["some.SomeTokenizer", None]}}))
+    (folder / "some.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n")
+    with pytest.raises(SystemExit) as exit_info:
+        run_in_process(task, "--output_dir", str(tmp_path / "out"), option, str(folder), "--max_train_steps", "1")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("error:") == 1 and len(err.strip().splitlines()) == 1, err
+    assert option in err and "pass --trust_remote_code" in err, err
+    assert not marker.exists()
+
+
 def test_jobs_in_one_process_do_not_inherit_each_others_precision(tmp_path: Path) -> None:
     """A notebook (or a test session) that runs a job with --mixed_precision bf16 and then one without it gets the
     second job's precision, not Accelerate's 'already initialized' error."""
