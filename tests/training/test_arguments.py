@@ -151,6 +151,7 @@ def test_options_from_a_json_or_yaml_file_and_recipe_defaults(tmp_path) -> None:
 def test_defaults_depend_on_the_data_and_the_command_line_wins() -> None:
     _, _, builtin = parse_translation_args(["--output_dir", "x"])
     assert (builtin.learning_rate, builtin.max_train_steps, builtin.bleu_tokenize) == (5e-3, 600, "none")
+    assert builtin.checkpointing_steps is None  # the built-in task writes no checkpoint nobody asked for
     _, _, files = parse_translation_args(["--output_dir", "x", "--train_file", "t", "--source_lang", "en",
                                           "--target_lang", "de"])
     assert (files.learning_rate, files.max_train_steps, files.bleu_tokenize) == (5e-4, None, "13a")
