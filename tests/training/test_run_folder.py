@@ -91,3 +91,33 @@ def test_a_failure_while_staging_leaves_the_old_outputs_intact(tmp_path: Path) -
             raise OSError(28, "No space left on device")
     assert (out / "model.safetensors").read_text() == "old"
     assert not list(out.glob(".staging-*"))  # the staging folder is cleaned up with the run
+
+
+@pytest.mark.parametrize("script", ["run_translation.py", "run_image_classification.py"])
+def test_an_output_dir_that_is_a_file_is_refused_at_parse_time_in_one_line(script: str, tmp_path: Path,
+                                                                          capsys) -> None:
+    from hf_rskip.training.cli import main
+    from hf_rskip.training.image_classification import run_image_classification
+    from hf_rskip.training.translation import run_translation
+
+    file = tmp_path / "file"
+    file.write_text("kept")
+    run = run_translation if script == "run_translation.py" else run_image_classification
+    with pytest.raises(SystemExit) as exit_info:
+        main(run, script, ["--output_dir", str(file)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.strip() == f"{script}: error: --output_dir {str(file)!r}: is a file, " \
+                                                         "not a folder", err
+    assert file.read_text() == "kept"
+
+
+def test_overwrite_says_which_checkpoints_it_removed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for name in ("checkpoint-4", "checkpoint-8"):
+        (out / "checkpoints" / name).mkdir(parents=True)
+    messages: list[str] = []
+    with RunFolder(out, overwrite=True, log=messages.append) as folder:
+        folder.clear_checkpoints()
+    assert not (out / "checkpoints").exists()
+    assert messages == [f"--overwrite_output_dir: removed the previous run's checkpoints in {out / 'checkpoints'} "
+                        "(checkpoint-4, checkpoint-8)"]
