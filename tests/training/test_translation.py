@@ -498,3 +498,28 @@ def test_a_t5_folder_is_converted_to_rskip_and_fine_tuned(tmp_path: Path) -> Non
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "rskip_t5" and config["residual_scheme"] == "rskip_ln" and config["skip_lambda"] == 2
     assert config["d_model"] == 32 and json.loads((out / "results.json").read_text())["train_steps"] == 2
+
+
+def test_model_card_of_a_local_corpus_without_a_hub_id(tmp_path: Path) -> None:
+    """Local files in a folder named for the corpus: the card names the corpus (not "train"), the model by its
+    folder name (never an absolute path), the schedule actually used, and says no license was given."""
+    from huggingface_hub import ModelCard
+
+    corpus = tmp_path / "mycorpus"
+    lines = ["a b c", "d e f", "g h i", "j k l"] * 10
+    corpus.mkdir()
+    for split in ("train", "valid"):
+        _write(corpus / f"{split}.en", "\n".join(lines) + "\n")
+        _write(corpus / f"{split}.de", "\n".join(reversed(lines)) + "\n")
+    out = tmp_path / "my-model"
+    _main()(["--output_dir", str(out), "--train_file", str(corpus / "train"), "--validation_file",
+             str(corpus / "valid"), "--source_lang", "en", "--target_lang", "de", "--preset", "tiny", "--vocab_size",
+             "60", "--max_tokens", "256", "--num_beams", "1", "--num_warmup_steps", "1", "--threads", "1",
+             "--max_train_steps", "2", "--lr_scheduler_type", "linear", "--eval_steps", "no"])
+    card = ModelCard.load(out / "README.md")
+    assert card.data.model_name == "my-model" and card.data.datasets is None  # not a Hub dataset id
+    assert {r.dataset_name for r in card.data.eval_results} == {"mycorpus"}
+    assert card.data.license == "unknown" and "license: not given by the trainer" in card.text
+    assert "`linear` schedule" in card.text and "inverse_sqrt" not in card.text
+    snippets = "".join(re.findall(r"```python\n(.*?)```", card.text, re.S))
+    assert snippets and str(tmp_path) not in snippets  # the training command is recorded; the snippets use the id
