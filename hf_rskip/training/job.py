@@ -71,7 +71,8 @@ def configure_threads(spec: str | int, *, num_processes: int = 1) -> int:
     Args:
         spec: a number, or ``"auto"``: the cores that other programs leave idle (measured now), shared by this
             run's processes, at least 1. Oversubscribed OpenMP pools fight: on a 2-core machine with two other
-            busy programs, torch's default of 2 threads ran the built-in job 25x slower than 1 thread.
+            busy programs, torch's default of 2 threads ran the built-in job in 350 s where 1 thread took 150 s
+            (README, "Threads"; the report behind this option saw 25x).
         num_processes: processes of this run on the machine (each gets its share).
     """
     if str(spec) != "auto":
