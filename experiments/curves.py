@@ -8,7 +8,7 @@ and sacreBLEU scores them. Used for the Multi30k recipe's curves:
         --recipe local_multi30k_en_de --output results/recipe/curves
 
 writes ``curves.json`` (every checkpoint's step, training seconds, BLEU and chrF, per run) and ``time_to_bleu.png``
-(BLEU against training minutes, one line per run).
+(BLEU against training minutes and against steps, one line per run).
 """
 
 from __future__ import annotations
@@ -79,20 +79,24 @@ def checkpoint_curve(
 
 
 def plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Path, *, title: str = "") -> Path:
-    """BLEU against training minutes, one line per run (matplotlib, Agg)."""
+    """BLEU against training minutes and against steps, one line per run (matplotlib, Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for label, curve in curves.items():
-        ax.plot([c["train_seconds"] / 60 for c in curve], [c["bleu"] for c in curve], marker="o", label=label)
-    ax.set_xlabel("training time (minutes)")
-    ax.set_ylabel("test BLEU (greedy, each checkpoint)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+        bleu = [c["bleu"] for c in curve]
+        axes[0].plot([c["train_seconds"] / 60 for c in curve], bleu, marker="o", label=label)
+        axes[1].plot([c["step"] for c in curve], bleu, marker="o", label=label)
+    axes[0].set_xlabel("training time (minutes)")
+    axes[1].set_xlabel("optimizer steps")
+    axes[0].set_ylabel("test BLEU (greedy, each checkpoint)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,0 +1,92 @@
+"""The Multi30k recipe's runs side by side: ``results/recipe/table.md`` from the runs' ``results.json`` copies.
+
+    python -m experiments.recipe results/recipe
+
+Every ``<name>.json`` in the folder is a ``run_translation.py`` results file; a ``<name>.test.txt`` beside it holds
+its test hypotheses (one per line, in test-set order). The table gives each run's scheme, rate, seed, test and
+validation BLEU, chrF, training minutes and threads; runs with hypotheses are compared with the Post-LN run of
+the same seed by sacreBLEU's paired bootstrap (1,000 resamples). ``<name>-ablation.json`` files (what averaging
+and beam search bought, from decoding the same run's checkpoints) are listed under the table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _runs(folder: Path) -> dict[str, dict[str, Any]]:
+    runs = {}
+    for path in sorted(folder.glob("*.json")):
+        if path.name.endswith("-ablation.json") or path.name == "curves.json":
+            continue
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if "test_bleu" in result:
+            runs[path.stem] = result
+    return runs
+
+
+def _hypotheses(folder: Path, name: str) -> list[str] | None:
+    path = folder / f"{name}.test.txt"
+    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else None
+
+
+def _lr(result: dict[str, Any]) -> str:
+    options = result.get("options") or {}
+    lr = options.get("learning_rate")
+    if lr is None and "--learning_rate" in result.get("command", ""):
+        lr = result["command"].split("--learning_rate")[1].split()[0]
+    return f"{float(lr):g}" if lr is not None else "?"
+
+
+def report(folder: Path) -> str:
+    from experiments.reproduce import paired_bootstrap
+    from hf_rskip.data import clean_pairs, load_recipe
+
+    runs = _runs(folder)
+    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
+    references = [pair["de"] for pair in test["translation"]]
+    baselines = {r["seed"]: name for name, r in runs.items() if r["residual_scheme"] == "post_ln"
+                 and _hypotheses(folder, name) is not None and not name.startswith("pilot")}
+    lines = ["# Multi30k EN→DE recipe runs (test_2016_flickr, sacreBLEU 13a)", "",
+             "| run | scheme | λ | lr | seed | test BLEU | test chrF | val BLEU | training (min) | threads "
+             "| vs Post-LN, same seed (paired bootstrap) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in runs.items():
+        versus = ""
+        base = baselines.get(r["seed"])
+        mine = _hypotheses(folder, name)
+        if base is not None and base != name and mine is not None:
+            test_result = paired_bootstrap(_hypotheses(folder, base), mine, references)
+            versus = f"{test_result['delta']:+.2f} BLEU, p = {test_result['p_value']:.3f}"
+        minutes = r.get("train_runtime", float("nan")) / 60
+        lines.append(f"| {name} | {r['residual_scheme']} | {r['skip_lambda']} | {_lr(r)} | {r['seed']} | "
+                     f"{r['test_bleu']:.2f} | {r['test_chrf']:.2f} | {r.get('eval_bleu', float('nan')):.2f} | "
+                     f"{minutes:.1f} | {r.get('threads', '?')} | {versus} |")
+    ablations = sorted(folder.glob("*-ablation.json"))
+    if ablations:
+        lines += ["", "What averaging and beam search bought (test BLEU, the same run decoded again):", ""]
+        for path in ablations:
+            scores = json.loads(path.read_text(encoding="utf-8"))
+            lines.append(f"- {path.name.removesuffix('-ablation.json')}: "
+                         + ", ".join(f"{key.replace('_', ' ')} {value:.2f}" for key, value in scores.items()))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    folder = Path(args[0] if args else "results/recipe")
+    text = report(folder)
+    (folder / "table.md").write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["main", "report"]

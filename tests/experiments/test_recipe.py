@@ -1,0 +1,28 @@
+"""The recipe report compares runs with the Post-LN run of the same seed on the real test set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from experiments.recipe import report
+
+
+def test_report_tables_runs_and_tests_each_against_post_ln(shared_data, tmp_path: Path) -> None:
+    from hf_rskip.data import clean_pairs, load_recipe
+
+    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
+    references = [pair["de"] for pair in test["translation"]]
+    worse = [" ".join(line.split()[:-2]) for line in references]  # every sentence loses its last two words
+    for name, scheme, lam, hypotheses, bleu in (("post", "post_ln", 1, references, 100.0),
+                                                 ("rskip", "rskip_ln", 2, worse, 70.0)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "residual_scheme": scheme, "skip_lambda": lam, "seed": 42, "test_bleu": bleu, "test_chrf": 90.0,
+            "eval_bleu": bleu, "train_runtime": 600.0, "threads": 2, "options": {"learning_rate": 1.5e-3}}))
+        (tmp_path / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
+    (tmp_path / "post-ablation.json").write_text(json.dumps({"averaged_greedy": 33.3}))
+    text = report(tmp_path)
+    rskip_row = next(line for line in text.splitlines() if line.startswith("| rskip |"))
+    assert "| rskip_ln | 2 | 0.0015 | 42 | 70.00 |" in rskip_row and "p = 0.001" in rskip_row
+    assert rskip_row.split("|")[-2].strip().startswith("-")  # worse than Post-LN
+    assert "- post: averaged greedy 33.30" in text
