@@ -1,4 +1,4 @@
-"""Each scheme against a hand computation of its formula in DESIGN.md, and a float64 gradient check."""
+"""Each scheme against a hand computation of its formula (README, "The schemes"), and a float64 gradient check."""
 
 from __future__ import annotations
 
