@@ -834,6 +834,17 @@ def run_t5_benchmarks(
                                    device=bench_device.device)
     repeats, warmup = sizes["repeats"], sizes["warmup"]
     result: dict[str, Any] = {}
+    gen_sizes = sizes["generate"]
+    source = make_translation_batch(sizes["text"]["vocab_size"], gen_sizes["batch_size"], gen_sizes["source_length"], 2,
+                                    pad_token_id=2, seed=1, device=bench_device.device)
+    inputs = {"input_ids": source["input_ids"], "attention_mask": source["attention_mask"]}
+    # The same weights decode to the same tokens; checked before the timed training steps, which move each model's
+    # weights on their own (dropout draws differ between interleaved candidates).
+    for label, beams in (("generate_greedy", 1), ("generate_beam4", 4)) if "generate" in sections else ():
+        same = [generation_call(models[name].eval(), inputs, new_tokens=gen_sizes["new_tokens"], num_beams=beams,
+                                bench_device=bench_device)() for name in ("pre_ln", "t5")]
+        if not torch.equal(*same):
+            raise RuntimeError(f"{label}: the converted pre_ln model decodes differently from T5")
     steps = {}
     for name, model in models.items():
         model.train()
@@ -854,19 +865,12 @@ def run_t5_benchmarks(
         result["t5_train_peak_mem_ratio_pre_ln_vs_t5"] = ratio(mem["pre_ln"], mem["t5"])
         result["t5_train_peak_mem_ratio_rskip2"] = ratio(mem["rskip_ln_2"], mem["pre_ln"])
         result["t5_train_peak_mem_ratio_rskip3"] = ratio(mem["rskip_ln_3"], mem["pre_ln"])
-    gen_sizes = sizes["generate"]
-    source = make_translation_batch(sizes["text"]["vocab_size"], gen_sizes["batch_size"], gen_sizes["source_length"], 2,
-                                    pad_token_id=2, seed=1, device=bench_device.device)
-    inputs = {"input_ids": source["input_ids"], "attention_mask": source["attention_mask"]}
     for label, beams in (("generate_greedy", 1), ("generate_beam4", 4)) if "generate" in sections else ():
         calls = {}
         for name, model in models.items():
             model.eval()
             calls[name] = generation_call(model, inputs, new_tokens=gen_sizes["new_tokens"], num_beams=beams,
                                           bench_device=bench_device)
-        outputs = {name: call() for name, call in calls.items()}
-        if not torch.equal(outputs["pre_ln"], outputs["t5"]):  # the same model: the same tokens
-            raise RuntimeError(f"{label}: the converted pre_ln model decodes differently from T5")
         log(f"T5 {label}: {list(calls)} x {repeats} rounds")
         timings = interleaved_timings(calls, repeats=repeats, warmup=warmup, synchronize=bench_device.synchronize)
         result[f"t5_{label}"] = {name: t.to_dict() for name, t in timings.items()}
