@@ -21,10 +21,8 @@ from typing import Any
 def _runs(folder: Path) -> dict[str, dict[str, Any]]:
     runs = {}
     for path in sorted(folder.glob("*.json")):
-        if path.name.endswith("-ablation.json") or path.name == "curves.json":
-            continue
         result = json.loads(path.read_text(encoding="utf-8"))
-        if "test_bleu" in result:
+        if "test_bleu" in result:  # a run's results (ablation files hold decoding scores only)
             runs[path.stem] = result
     return runs
 
