@@ -279,8 +279,17 @@ class TranslationJob(TrainingJob):
         config_class = margs.config_class()
         known = config_class().to_dict()
         values = {k: v for k, v in base.to_dict().items() if k in known and k not in ("model_type", "architectures")}
+        # a saved rSkip config keeps its scheme (a Marian or T5 config has none: rskip_ln, as for a fresh model);
+        # a scheme given here replaces it, and then the saved λ (made for the other scheme) gives way to the default
+        values.setdefault("residual_scheme", "rskip_ln")
+        if base.model_type not in ("rskip", "rskip_t5"):
+            values["residual_scheme"] = "rskip_ln"
+            values.pop("skip_lambda", None)
+        if margs.residual_scheme not in (None, values["residual_scheme"]):
+            values.pop("skip_lambda", None)
+            values.pop("learn_skip_lambda", None)
         try:
-            config = config_class(**{**values, "residual_scheme": "rskip_ln", **margs.size_overrides(), **fields})
+            config = config_class(**{**values, **margs.size_overrides(), **fields})
         except ValueError as err:
             raise ArgumentError(f"--config_name {margs.config_name!r}: {err}") from None
         return model_class(config)

@@ -523,3 +523,35 @@ def test_model_card_of_a_local_corpus_without_a_hub_id(tmp_path: Path) -> None:
     assert "`linear` schedule" in card.text and "inverse_sqrt" not in card.text
     snippets = "".join(re.findall(r"```python\n(.*?)```", card.text, re.S))
     assert snippets and str(tmp_path) not in snippets  # the training command is recorded; the snippets use the id
+
+
+@pytest.mark.parametrize("saved, given, expected", [
+    # a saved rSkip config keeps its scheme and λ when no scheme is given
+    ({"model_type": "rskip_t5", "residual_scheme": "pre_ln"}, [], ("pre_ln", 1)),
+    ({"model_type": "rskip", "residual_scheme": "rskip_ln", "skip_lambda": 3}, [], ("rskip_ln", 3)),
+    # a scheme given replaces the saved one, and the saved λ (made for the other scheme) gives way to its default
+    ({"model_type": "rskip_t5", "residual_scheme": "pre_ln"}, ["--residual_scheme", "rskip_ln"], ("rskip_ln", 2)),
+    ({"model_type": "rskip", "residual_scheme": "rskip_ln", "skip_lambda": 3}, ["--residual_scheme", "xskip_ln",
+                                                                                "--skip_lambda", "1.5"],
+     ("xskip_ln", 1.5)),
+    # a T5 config has no scheme: rskip_ln, as for a fresh model
+    ({"model_type": "t5"}, [], ("rskip_ln", 2)),
+], ids=["t5-pre_ln-kept", "marian-lambda-kept", "scheme-given", "scheme-and-lambda-given", "plain-t5-config"])
+def test_config_name_keeps_the_saved_scheme_unless_one_is_given(saved: dict, given: list, expected: tuple,
+                                                                 tmp_path: Path) -> None:
+    from transformers import T5Config
+
+    from hf_rskip.models import RSkipConfig, RSkipT5Config
+
+    kind = saved.pop("model_type")
+    small = dict(d_model=32, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16, d_ff=64)
+    config = {"rskip_t5": lambda: RSkipT5Config(**small, **saved), "t5": lambda: T5Config(**small),
+              "rskip": lambda: RSkipConfig.from_preset("tiny", **saved)}[kind]()
+    config.save_pretrained(tmp_path / "cfg")
+    model_type = "rskip" if kind == "rskip" else "rskip_t5"
+    out = tmp_path / "out"
+    run_script("--output_dir", str(out), *TINY, "--model_type", model_type, "--config_name", str(tmp_path / "cfg"),
+               *given, "--max_train_steps", "1", "--eval_steps", "no", "--max_predict_samples", "2")
+    written = json.loads((out / "config.json").read_text())
+    assert (written["residual_scheme"], written["skip_lambda"]) == expected
+    assert written["d_model"] == (32 if kind != "rskip" else config.d_model)
