@@ -403,6 +403,9 @@ class TranslationTrainingArguments(RunArguments):
     per_device_train_batch_size: int | None = field(default=None, metadata=_help(
         "sentences per batch instead of --max_tokens"))
     label_smoothing: float = field(default=0.1, metadata=_help("ε of the label-smoothed cross-entropy"))
+    optim: Literal["adamw", "adafactor"] = field(default="adamw", metadata=_help(
+        "adamw, or adafactor (T5's: updates scaled by each weight's RMS, so it takes larger rates, ~1e-2 to 1e-1 "
+        "from scratch); the built-in task's default for --model_type rskip_t5 is adafactor"))
     adam_beta1: float = field(default=0.9, metadata=_help("AdamW's β1"))
     adam_beta2: float = field(default=0.98, metadata=_help("AdamW's β2 (0.98 as Vaswani et al. and fairseq)"))
     adam_epsilon: float = field(default=1e-8, metadata=_help("AdamW's ε"))

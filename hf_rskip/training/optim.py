@@ -21,7 +21,7 @@ LR_SCHEDULERS: tuple[str, ...] = (*(s.value for s in SchedulerType), "multistep"
 METRIC_SCHEDULERS: tuple[str, ...] = (SchedulerType.REDUCE_ON_PLATEAU.value, SchedulerType.GREEDY.value)
 """Schedules stepped with a metric (the validation loss, at every evaluation) instead of once per step."""
 
-OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
+OPTIMIZERS: tuple[str, ...] = ("adamw", "adafactor", "sgd")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -45,19 +45,27 @@ def build_optimizer(
     momentum: float = 0.9,
     nesterov: bool = False,
 ) -> torch.optim.Optimizer:
-    """AdamW (translation; β = (0.9, 0.98) as Vaswani et al. and fairseq) or SGD with momentum (ResNets).
+    """AdamW (translation; β = (0.9, 0.98) as Vaswani et al. and fairseq), Adafactor (T5's) or SGD with momentum.
+
+    Adafactor is transformers' implementation with the schedule's rate (``relative_step=False``) and T5's update
+    scaling by each parameter's RMS (``scale_parameter=True``), so the rate is relative to the weights' size: T5's
+    initialisation (embeddings of RMS 1, queries of RMS ~0.03) is made for it. No momentum (T5's setting).
 
     Args:
         model: its trainable parameters are optimized.
-        optimizer: ``"adamw"`` or ``"sgd"``.
+        optimizer: ``"adamw"``, ``"adafactor"`` or ``"sgd"``.
         learning_rate: the peak learning rate.
-        weight_decay: for parameters with ``ndim >= 2`` only (decoupled for AdamW, L2 for SGD).
+        weight_decay: for parameters with ``ndim >= 2`` only (decoupled for AdamW and Adafactor, L2 for SGD).
         adam_beta1, adam_beta2, adam_epsilon: AdamW's β1, β2 and ε.
         momentum, nesterov: SGD's momentum and whether it is Nesterov's.
     """
     groups = parameter_groups(model, weight_decay)
     if optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=learning_rate, betas=(adam_beta1, adam_beta2), eps=adam_epsilon)
+    if optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=learning_rate, scale_parameter=True, relative_step=False, warmup_init=False)
     if optimizer == "sgd":
         return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, nesterov=nesterov and momentum > 0)
     raise ValueError(f"optimizer={optimizer!r} is unknown; accepted: {list(OPTIMIZERS)}")

@@ -157,6 +157,14 @@ def test_defaults_depend_on_the_data_and_the_command_line_wins() -> None:
     assert (files.learning_rate, files.max_train_steps, files.bleu_tokenize) == (5e-4, None, "13a")
     _, _, mine = parse_translation_args(["--output_dir", "x", "--learning_rate", "1e-3"])
     assert (mine.learning_rate, mine.max_train_steps) == (1e-3, 600)
+    # the T5 family on the built-in task: T5's optimizer (Adafactor) and a rate made for it; what is given wins
+    _, _, t5 = parse_translation_args(["--output_dir", "x", "--model_type", "rskip_t5"])
+    assert (t5.optim, t5.learning_rate, t5.max_train_steps) == ("adafactor", 5e-2, 600)
+    _, _, t5_adamw = parse_translation_args(["--output_dir", "x", "--model_type", "rskip_t5", "--optim", "adamw"])
+    assert (t5_adamw.optim, t5_adamw.learning_rate) == ("adamw", 5e-2)
+    _, _, t5_files = parse_translation_args(["--output_dir", "x", "--model_type", "rskip_t5", "--train_file", "t",
+                                             "--source_lang", "en", "--target_lang", "de"])
+    assert (t5_files.optim, t5_files.learning_rate, builtin.optim, files.optim) == ("adamw", 5e-4, "adamw", "adamw")
     _, data, _ = parse_image_args(["--output_dir", "x"])
     assert data.image_size == 16
     _, data, training = parse_image_args(["--output_dir", "x", "--train_file", "t.npz", "--no_horizontal_flip"])

@@ -35,6 +35,31 @@ def test_adamw_decays_matrices_only_and_finds_rskip_norms_by_shape() -> None:
     assert len(decay["params"]) + len(no_decay["params"]) == len(trainable)
 
 
+def test_adafactor_is_t5s_with_the_schedules_rate_and_decays_matrices_only() -> None:
+    from transformers.optimization import Adafactor
+
+    from hf_rskip import RSkipT5Config, RSkipT5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = RSkipT5ForConditionalGeneration(RSkipT5Config.from_preset("tiny", vocab_size=50, residual_scheme="rskip_ln"))
+    optimizer = build_optimizer(model, optimizer="adafactor", learning_rate=5e-2, weight_decay=0.01)
+    assert isinstance(optimizer, Adafactor)
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
+    assert (decay["lr"], decay["scale_parameter"], decay["relative_step"]) == (5e-2, True, False)
+    # the schedule drives it (relative_step=False), and a step moves a weight by about lr x its RMS
+    scheduler = build_scheduler(optimizer, lr_scheduler_type="linear", num_warmup_steps=0, num_training_steps=10)
+    ids = torch.randint(3, 50, (2, 6))
+    embedding = model.shared.weight.detach().clone()
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    scheduler.step()
+    moved = (model.shared.weight.detach() - embedding).pow(2).mean().sqrt().item()
+    rms = embedding.pow(2).mean().sqrt().item()
+    assert 0.1 * 5e-2 * rms < moved < 5e-2 * rms * 1.01 and optimizer.param_groups[0]["lr"] == pytest.approx(4.5e-2)
+
+
 def test_sgd_decays_conv_and_linear_weights_only() -> None:
     model = RSkipResNetForImageClassification(RSkipResNetConfig(depth=8, hidden_sizes=[4, 8, 8], num_labels=3))
     optimizer = build_optimizer(model, optimizer="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4)

@@ -66,7 +66,7 @@ def _write(path: Path, data: bytes | str) -> Path:
 @pytest.mark.parametrize(
     "case",
     ["line_counts", "utf8", "json_key", "missing_file", "options", "lambda", "resume", "grad_norms", "no_lang",
-     "blank_validation", "empty_test", "folder_as_file", "max_tokens"],
+     "blank_validation", "empty_test", "folder_as_file", "max_tokens", "optim"],
 )
 def test_bad_input_fails_before_training_with_a_clear_message(case: str, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
@@ -93,6 +93,8 @@ def test_bad_input_fails_before_training_with_a_clear_message(case: str, tmp_pat
             "--average_checkpoints 3: needs checkpoints"]
     elif case == "lambda":
         argv, expected = ["--residual_scheme", "rskip_ln", "--skip_lambda", "1.5"], ["--skip_lambda", "integer >= 1"]
+    elif case == "optim":
+        argv, expected = ["--optim", "lion"], ["--optim", "invalid choice: 'lion'", "adamw", "adafactor"]
     elif case == "grad_norms":
         argv, expected = ["--log_grad_norms_every", "5"], ["--log_grad_norms_every 5: needs --with_tracking"]
     elif case == "resume":
@@ -469,6 +471,7 @@ def test_the_t5_family_trains_from_scratch_with_a_source_prefix(tmp_path: Path) 
     assert (config["num_layers"], config["num_decoder_layers"], config["feed_forward_proj"]) == (2, 3, "gated-gelu")
     results = json.loads((out / "results.json").read_text())
     assert results["options"]["source_prefix"] == "translate English to Invented: " and results["train_steps"] == 3
+    assert (results["options"]["optim"], results["options"]["learning_rate"]) == ("adafactor", 5e-2)  # T5's own
     import hf_rskip  # noqa: F401
     from transformers import AutoModelForSeq2SeqLM
 
