@@ -87,6 +87,26 @@ def test_pre_ln_rms_reproduces_t5_from_an_object_and_a_folder(kind, tmp_path):
         assert_same_translation(ours, t5, batch())
 
 
+@pytest.mark.parametrize("kind", sorted(T5_KINDS))
+def test_pre_ln_t5_trains_as_t5_does_with_dropout_and_padding(kind):
+    """Training mode (dropout on, same seed), padded sources and labels: the same loss and the same gradient for
+    every tensor, so what T5 learns from a batch, the converted model learns."""
+    t5 = random_t5(kind, dropout_rate=0.2)
+    ours = convert_to_rskip(t5)
+    t5.train(), ours.train()
+    inputs = batch()
+    torch.manual_seed(3)
+    theirs_loss = t5(**inputs).loss
+    torch.manual_seed(3)
+    ours_loss = ours(**inputs).loss
+    torch.testing.assert_close(ours_loss, theirs_loss, rtol=0, atol=1e-5)
+    theirs_loss.backward(), ours_loss.backward()
+    theirs = {k.replace(".layer_norm.weight", ".layer_norm.norms.0.weight") if ".layer." in k else k: p.grad
+              for k, p in t5.named_parameters()}
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, theirs[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_t5_names_map_one_to_one():
     t5 = random_t5("v1.1")
     ours = convert_to_rskip(t5)
