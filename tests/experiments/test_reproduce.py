@@ -3,6 +3,7 @@ plots, and a micro end-to-end sweep with the package's real training code."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -142,6 +143,12 @@ def test_run_specs_saves_each_result_and_skips_finished_runs(tmp_path):
     assert [r["run_id"] for r in again] == [s.run_id for s in specs]
     assert again[:3] == [json.loads(json.dumps(r, default=str)) for r in first]
     assert RunSpec.from_dict(again[0]["spec"]) == specs[0]
+    # a saved run of another budget under the same id is never reported as this one, nor overwritten
+    longer = [dataclasses.replace(spec, steps=spec.steps * 2) for spec in specs[:1]]
+    with pytest.raises(ValueError, match=r"holds a run with steps=\d+ \(now \d+\); move it out of"):
+        run_specs(longer, fake_train, tmp_path, log=lambda _: None)
+    saved = json.loads((tmp_path / "runs" / f"{specs[0].run_id}.json").read_text())
+    assert len(calls) == len(specs) and saved == again[0]
 
 
 def _final(task, depth, variant, seed, metric, diverged=False):
