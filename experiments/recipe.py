@@ -5,7 +5,8 @@
 Every ``<name>.json`` in the folder is a ``run_translation.py`` results file; a ``<name>.test.txt`` beside it holds
 its test hypotheses (one per line, in test-set order). The table gives each run's scheme, rate, seed, test and
 validation BLEU, chrF, training minutes and threads; runs with hypotheses are compared with the Post-LN run of
-the same seed by sacreBLEU's paired bootstrap (1,000 resamples). ``<name>-ablation.json`` files (what averaging
+the same seed by sacreBLEU's paired bootstrap (1,000 resamples); where a scheme has several seeds, a second table
+gives its mean ± std and the seed-paired difference to Post-LN. ``<name>-ablation.json`` files (what averaging
 and beam search bought, from decoding the same run's checkpoints) are listed under the table.
 """
 
@@ -40,6 +41,44 @@ def _lr(result: dict[str, Any]) -> str:
     return f"{float(lr):g}" if lr is not None else "?"
 
 
+def _by_scheme(folder: Path, runs: dict[str, dict[str, Any]], baselines: dict[Any, str],
+               references: list[str]) -> list[str]:
+    """Runs of one scheme, λ and rate over seeds (pilots left out): mean ± std of test BLEU and, against the
+    Post-LN run of each seed, the paired difference over seeds and every seed's paired-bootstrap p-value."""
+    import statistics
+
+    from experiments.reproduce import paired_bootstrap
+
+    groups: dict[tuple[str, Any, str], list[str]] = {}
+    for name, r in runs.items():
+        if not name.startswith("pilot"):
+            groups.setdefault((r["residual_scheme"], r["skip_lambda"], _lr(r)), []).append(name)
+    if not any(len(names) > 1 for names in groups.values()):
+        return []
+    lines = ["", "By scheme, over seeds (mean ± sample std; the difference to Post-LN is paired by seed):", "",
+             "| scheme | λ | lr | seeds | test BLEU | vs Post-LN, paired by seed | paired bootstrap p per seed |",
+             "|---|---|---|---|---|---|---|"]
+    for (scheme, lam, lr), names in groups.items():
+        bleus = [runs[n]["test_bleu"] for n in names]
+        spread = f" ± {statistics.stdev(bleus):.2f}" if len(bleus) > 1 else ""
+        deltas, p_values = [], []
+        for name in names:
+            base = baselines.get(runs[name]["seed"])
+            mine = _hypotheses(folder, name)
+            if scheme == "post_ln" or base is None or mine is None:
+                continue
+            deltas.append(runs[name]["test_bleu"] - runs[base]["test_bleu"])
+            p_values.append(f"{paired_bootstrap(_hypotheses(folder, base), mine, references)['p_value']:.3f}")
+        versus = ""
+        if deltas:
+            versus = f"{statistics.fmean(deltas):+.2f}" + (f" ± {statistics.stdev(deltas):.2f}" if len(deltas) > 1
+                                                           else "") + f" ({len(deltas)} seeds)"
+        seeds = ", ".join(str(runs[n]["seed"]) for n in names)
+        lines.append(f"| {scheme} | {lam} | {lr} | {seeds} | {statistics.fmean(bleus):.2f}{spread} | {versus} | "
+                     f"{', '.join(p_values)} |")
+    return lines
+
+
 def report(folder: Path) -> str:
     from experiments.reproduce import paired_bootstrap
     from hf_rskip.data import clean_pairs, load_recipe
@@ -64,6 +103,7 @@ def report(folder: Path) -> str:
         lines.append(f"| {name} | {r['residual_scheme']} | {r['skip_lambda']} | {_lr(r)} | {r['seed']} | "
                      f"{r['test_bleu']:.2f} | {r['test_chrf']:.2f} | {r.get('eval_bleu', float('nan')):.2f} | "
                      f"{minutes:.1f} | {r.get('threads', '?')} | {versus} |")
+    lines += _by_scheme(folder, runs, baselines, references)
     ablations = sorted(folder.glob("*-ablation.json"))
     if ablations:
         lines += ["", "What averaging and beam search bought (test BLEU, the same run decoded again):", ""]

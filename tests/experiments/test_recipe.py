@@ -14,10 +14,12 @@ def test_report_tables_runs_and_tests_each_against_post_ln(shared_data, tmp_path
     test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
     references = [pair["de"] for pair in test["translation"]]
     worse = [" ".join(line.split()[:-2]) for line in references]  # every sentence loses its last two words
-    for name, scheme, lam, hypotheses, bleu in (("post", "post_ln", 1, references, 100.0),
-                                                 ("rskip", "rskip_ln", 2, worse, 70.0)):
+    for name, scheme, lam, hypotheses, bleu, seed in (("post", "post_ln", 1, references, 100.0, 42),
+                                                       ("rskip", "rskip_ln", 2, worse, 70.0, 42),
+                                                       ("post-s1", "post_ln", 1, references, 100.0, 1),
+                                                       ("rskip-s1", "rskip_ln", 2, worse, 74.0, 1)):
         (tmp_path / f"{name}.json").write_text(json.dumps({
-            "residual_scheme": scheme, "skip_lambda": lam, "seed": 42, "test_bleu": bleu, "test_chrf": 90.0,
+            "residual_scheme": scheme, "skip_lambda": lam, "seed": seed, "test_bleu": bleu, "test_chrf": 90.0,
             "eval_bleu": bleu, "train_runtime": 600.0, "threads": 2, "options": {"learning_rate": 1.5e-3}}))
         (tmp_path / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
     (tmp_path / "post-ablation.json").write_text(json.dumps({"averaged_greedy": 33.3}))
@@ -26,3 +28,6 @@ def test_report_tables_runs_and_tests_each_against_post_ln(shared_data, tmp_path
     assert "| rskip_ln | 2 | 0.0015 | 42 | 70.00 |" in rskip_row and "p = 0.001" in rskip_row
     assert rskip_row.split("|")[-2].strip().startswith("-")  # worse than Post-LN
     assert "- post: averaged greedy 33.30" in text
+    # over seeds: mean ± std, the seed-paired difference to Post-LN, and each seed's bootstrap p-value
+    assert "| post_ln | 1 | 0.0015 | 1, 42 | 100.00 ± 0.00 |  |  |" in text
+    assert "| rskip_ln | 2 | 0.0015 | 1, 42 | 72.00 ± 2.83 | -28.00 ± 2.83 (2 seeds) | 0.001, 0.001 |" in text
