@@ -72,7 +72,7 @@ def _by_scheme(folder: Path, runs: dict[str, dict[str, Any]], baselines: dict[An
         versus = ""
         if deltas:
             versus = f"{statistics.fmean(deltas):+.2f}" + (f" ± {statistics.stdev(deltas):.2f}" if len(deltas) > 1
-                                                           else "") + f" ({len(deltas)} seeds)"
+                                                           else "") + f" ({len(deltas)} seed{'s' if len(deltas) > 1 else ''})"
         seeds = ", ".join(str(runs[n]["seed"]) for n in names)
         lines.append(f"| {scheme} | {lam} | {lr} | {seeds} | {statistics.fmean(bleus):.2f}{spread} | {versus} | "
                      f"{', '.join(p_values)} |")
