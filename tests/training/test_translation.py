@@ -558,3 +558,27 @@ def test_config_name_keeps_the_saved_scheme_unless_one_is_given(saved: dict, giv
     written = json.loads((out / "config.json").read_text())
     assert (written["residual_scheme"], written["skip_lambda"]) == expected
     assert written["d_model"] == (32 if kind != "rskip" else config.d_model)
+
+
+def test_resuming_with_another_optimizer_is_refused_and_older_checkpoints_still_resume(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    base = ["--output_dir", str(out), *TINY, "--eval_steps", "no", "--checkpointing_steps", "1",
+            "--max_predict_samples", "2"]
+    run_script(*base, "--max_train_steps", "2")
+    proc = run_script(*base, "--max_train_steps", "3", "--resume_from_checkpoint", "latest", "--optim", "adafactor",
+                      check=False)
+    assert proc.returncode == 2 and "--optim: 'adamw' in the checkpoint, 'adafactor' now" in proc.stderr, proc.stderr
+    # a checkpoint written before --optim existed records no optimizer: it resumes with the same options
+    import hashlib
+
+    for options in (out / "checkpoints").glob("*/run_options.json"):
+        saved = json.loads(options.read_text())
+        saved.pop("optim")
+        options.write_text(json.dumps(saved))
+        manifest_path = options.parent / "checkpoint_complete.json"  # as the older version wrote it, checksums too
+        manifest = json.loads(manifest_path.read_text())
+        manifest["files"]["run_options.json"] = {"sha256": hashlib.sha256(options.read_bytes()).hexdigest(),
+                                                 "size": options.stat().st_size}
+        manifest_path.write_text(json.dumps(manifest))
+    run_script(*base, "--max_train_steps", "3", "--resume_from_checkpoint", "latest")
+    assert json.loads((out / "results.json").read_text())["train_steps"] == 3
