@@ -41,13 +41,12 @@ def _lr(result: dict[str, Any]) -> str:
     return f"{float(lr):g}" if lr is not None else "?"
 
 
-def _by_scheme(folder: Path, runs: dict[str, dict[str, Any]], baselines: dict[Any, str],
-               references: list[str]) -> list[str]:
+def _by_scheme(runs: dict[str, dict[str, Any]], baselines: dict[Any, str],
+               versus_post_ln: dict[str, dict[str, float]]) -> list[str]:
     """Runs of one scheme, λ and rate over seeds (pilots left out): mean ± std of test BLEU and, against the
-    Post-LN run of each seed, the paired difference over seeds and every seed's paired-bootstrap p-value."""
+    Post-LN run of each seed, the paired difference over seeds and every seed's paired-bootstrap p-value
+    (``versus_post_ln``: run name → the bootstrap result of the main table)."""
     import statistics
-
-    from experiments.reproduce import paired_bootstrap
 
     groups: dict[tuple[str, Any, str], list[str]] = {}
     for name, r in runs.items():
@@ -61,18 +60,14 @@ def _by_scheme(folder: Path, runs: dict[str, dict[str, Any]], baselines: dict[An
     for (scheme, lam, lr), names in groups.items():
         bleus = [runs[n]["test_bleu"] for n in names]
         spread = f" ± {statistics.stdev(bleus):.2f}" if len(bleus) > 1 else ""
-        deltas, p_values = [], []
-        for name in names:
-            base = baselines.get(runs[name]["seed"])
-            mine = _hypotheses(folder, name)
-            if scheme == "post_ln" or base is None or mine is None:
-                continue
-            deltas.append(runs[name]["test_bleu"] - runs[base]["test_bleu"])
-            p_values.append(f"{paired_bootstrap(_hypotheses(folder, base), mine, references)['p_value']:.3f}")
+        compared = [n for n in names if n in versus_post_ln]
+        deltas = [runs[n]["test_bleu"] - runs[baselines[runs[n]["seed"]]]["test_bleu"] for n in compared]
+        p_values = [f"{versus_post_ln[n]['p_value']:.3f}" for n in compared]
         versus = ""
-        if deltas:
-            versus = f"{statistics.fmean(deltas):+.2f}" + (f" ± {statistics.stdev(deltas):.2f}" if len(deltas) > 1
-                                                           else "") + f" ({len(deltas)} seed{'s' if len(deltas) > 1 else ''})"
+        if len(deltas) == 1:
+            versus = f"{deltas[0]:+.2f} (1 seed)"
+        elif deltas:
+            versus = f"{statistics.fmean(deltas):+.2f} ± {statistics.stdev(deltas):.2f} ({len(deltas)} seeds)"
         seeds = ", ".join(str(runs[n]["seed"]) for n in names)
         lines.append(f"| {scheme} | {lam} | {lr} | {seeds} | {statistics.fmean(bleus):.2f}{spread} | {versus} | "
                      f"{', '.join(p_values)} |")
@@ -92,18 +87,19 @@ def report(folder: Path) -> str:
              "| run | scheme | λ | lr | seed | test BLEU | test chrF | val BLEU | training (min) | threads "
              "| vs Post-LN, same seed (paired bootstrap) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    versus_post_ln: dict[str, dict[str, float]] = {}  # run name → paired bootstrap against Post-LN, same seed
     for name, r in runs.items():
         versus = ""
         base = baselines.get(r["seed"])
         mine = _hypotheses(folder, name)
         if base is not None and base != name and mine is not None:
-            test_result = paired_bootstrap(_hypotheses(folder, base), mine, references)
+            test_result = versus_post_ln[name] = paired_bootstrap(_hypotheses(folder, base), mine, references)
             versus = f"{test_result['delta']:+.2f} BLEU, p = {test_result['p_value']:.3f}"
         minutes = r.get("train_runtime", float("nan")) / 60
         lines.append(f"| {name} | {r['residual_scheme']} | {r['skip_lambda']} | {_lr(r)} | {r['seed']} | "
                      f"{r['test_bleu']:.2f} | {r['test_chrf']:.2f} | {r.get('eval_bleu', float('nan')):.2f} | "
                      f"{minutes:.1f} | {r.get('threads', '?')} | {versus} |")
-    lines += _by_scheme(folder, runs, baselines, references)
+    lines += _by_scheme(runs, baselines, versus_post_ln)
     ablations = sorted(folder.glob("*-ablation.json"))
     if ablations:
         lines += ["", "What averaging and beam search bought (test BLEU, the same run decoded again):", ""]

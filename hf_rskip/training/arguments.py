@@ -404,8 +404,8 @@ class TranslationTrainingArguments(RunArguments):
         "sentences per batch instead of --max_tokens"))
     label_smoothing: float = field(default=0.1, metadata=_help("ε of the label-smoothed cross-entropy"))
     optim: Literal["adamw", "adafactor"] = field(default="adamw", metadata=_help(
-        "adamw, or adafactor (T5's: updates scaled by each weight's RMS, so it takes larger rates, ~1e-2 to 1e-1 "
-        "from scratch); the built-in task's default for --model_type rskip_t5 is adafactor"))
+        "adamw, or adafactor (T5's: updates scaled by each weight's RMS, so it takes larger rates); the built-in "
+        "task's default for --model_type rskip_t5 is adafactor at 5e-2"))
     adam_beta1: float = field(default=0.9, metadata=_help("AdamW's β1"))
     adam_beta2: float = field(default=0.98, metadata=_help("AdamW's β2 (0.98 as Vaswani et al. and fairseq)"))
     adam_epsilon: float = field(default=1e-8, metadata=_help("AdamW's ε"))

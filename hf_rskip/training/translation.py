@@ -287,13 +287,9 @@ class TranslationJob(TrainingJob):
         config_class = margs.config_class()
         known = config_class().to_dict()
         values = {k: v for k, v in base.to_dict().items() if k in known and k not in ("model_type", "architectures")}
-        # a saved rSkip config keeps its scheme (a Marian or T5 config has none: rskip_ln, as for a fresh model);
-        # a scheme given here replaces it, and then the saved λ (made for the other scheme) gives way to the default
-        values.setdefault("residual_scheme", "rskip_ln")
-        if base.model_type not in ("rskip", "rskip_t5"):
-            values["residual_scheme"] = "rskip_ln"
-            values.pop("skip_lambda", None)
-        if margs.residual_scheme not in (None, values["residual_scheme"]):
+        # a saved rSkip config keeps its scheme (a Marian or T5 config has none: the config class's default); a
+        # scheme given here replaces it, and then the saved λ (made for the other scheme) gives way to the default
+        if margs.residual_scheme not in (None, values.get("residual_scheme", known["residual_scheme"])):
             values.pop("skip_lambda", None)
             values.pop("learn_skip_lambda", None)
         try:

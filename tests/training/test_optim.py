@@ -52,12 +52,18 @@ def test_adafactor_is_t5s_with_the_schedules_rate_and_decays_matrices_only() -> 
     scheduler = build_scheduler(optimizer, lr_scheduler_type="linear", num_warmup_steps=0, num_training_steps=10)
     ids = torch.randint(3, 50, (2, 6))
     embedding = model.shared.weight.detach().clone()
+    query = model.encoder.block[0].layer[0].SelfAttention.q.weight  # T5 initialises it ~30x smaller than embeddings
+    query_before = query.detach().clone()
     model(input_ids=ids, labels=ids).loss.backward()
     optimizer.step()
     scheduler.step()
     moved = (model.shared.weight.detach() - embedding).pow(2).mean().sqrt().item()
     rms = embedding.pow(2).mean().sqrt().item()
     assert 0.1 * 5e-2 * rms < moved < 5e-2 * rms * 1.01 and optimizer.param_groups[0]["lr"] == pytest.approx(4.5e-2)
+    # only the RMS scaling keeps the small weight's step small (without it, this step would be ~lr, 30x larger)
+    query_moved = (query.detach() - query_before).pow(2).mean().sqrt().item()
+    query_rms = query_before.pow(2).mean().sqrt().item()
+    assert query_rms < rms / 10 and 0.1 * 5e-2 * query_rms < query_moved < 5e-2 * query_rms * 1.01
 
 
 def test_sgd_decays_conv_and_linear_weights_only() -> None:
