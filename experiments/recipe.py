@@ -6,8 +6,10 @@ Every ``<name>.json`` in the folder is a ``run_translation.py`` results file; a 
 its test hypotheses (one per line, in test-set order). The table gives each run's scheme, rate, seed, test and
 validation BLEU, chrF, training minutes and threads; runs with hypotheses are compared with the Post-LN run of
 the same seed by sacreBLEU's paired bootstrap (1,000 resamples); where a scheme has several seeds, a second table
-gives its mean ± std and the seed-paired difference to Post-LN. ``<name>-ablation.json`` files (what averaging
-and beam search bought, from decoding the same run's checkpoints) are listed under the table.
+gives its mean ± std and the seed-paired difference to Post-LN, and a third sets rSkip+LN against xSkip+LN of the
+same λ, seed by seed (the paper's "the recursion helps"), each at the rate with the most seeds.
+``<name>-ablation.json`` files (what averaging and beam search bought, from decoding the same run's checkpoints)
+are listed under the tables.
 """
 
 from __future__ import annotations
@@ -74,6 +76,46 @@ def _by_scheme(runs: dict[str, dict[str, Any]], baselines: dict[Any, str],
     return lines
 
 
+def _recursion(runs: dict[str, dict[str, Any]], folder: Path, references: list[str]) -> list[str]:
+    """rSkip+LN against xSkip+LN of the same λ, paired by seed: each scheme's rate with the most seeds (its chosen
+    rate), the per-seed BLEU difference and sacreBLEU's paired bootstrap on the test hypotheses."""
+    import statistics
+
+    from experiments.reproduce import paired_bootstrap
+
+    def chosen(scheme: str, lam: Any) -> dict[Any, str]:
+        by_rate: dict[str, dict[Any, str]] = {}
+        for name, r in runs.items():
+            if (not name.startswith("pilot") and r["residual_scheme"] == scheme and r["skip_lambda"] == lam
+                    and _hypotheses(folder, name) is not None):
+                by_rate.setdefault(_lr(r), {})[r["seed"]] = name
+        return max(by_rate.values(), key=len) if by_rate else {}
+
+    lines: list[str] = []
+    for lam in sorted({r["skip_lambda"] for r in runs.values() if r["residual_scheme"] == "rskip_ln"}):
+        rskip, xskip = chosen("rskip_ln", lam), chosen("xskip_ln", lam)
+        seeds = sorted(set(rskip) & set(xskip))
+        if not seeds:
+            continue
+        if not lines:
+            lines = ["", "The recursion: rSkip+LN against xSkip+LN of the same λ, paired by seed (each at its rate "
+                     "with the most seeds):", "",
+                     "| λ | rSkip+LN lr | xSkip+LN lr | seed | rSkip+LN | xSkip+LN | difference "
+                     "| paired bootstrap p |",
+                     "|---|---|---|---|---|---|---|---|"]
+        deltas = []
+        for seed in seeds:
+            mine, theirs = runs[rskip[seed]], runs[xskip[seed]]
+            test = paired_bootstrap(_hypotheses(folder, xskip[seed]), _hypotheses(folder, rskip[seed]), references)
+            deltas.append(mine["test_bleu"] - theirs["test_bleu"])
+            lines.append(f"| {lam} | {_lr(mine)} | {_lr(theirs)} | {seed} | {mine['test_bleu']:.2f} | "
+                         f"{theirs['test_bleu']:.2f} | {deltas[-1]:+.2f} | {test['p_value']:.3f} |")
+        if len(deltas) > 1:
+            lines.append(f"| {lam} | | | all {len(deltas)} | | | {statistics.fmean(deltas):+.2f} ± "
+                         f"{statistics.stdev(deltas):.2f} | |")
+    return lines
+
+
 def report(folder: Path) -> str:
     from experiments.reproduce import paired_bootstrap
     from hf_rskip.data import clean_pairs, load_recipe
@@ -100,6 +142,7 @@ def report(folder: Path) -> str:
                      f"{r['test_bleu']:.2f} | {r['test_chrf']:.2f} | {r.get('eval_bleu', float('nan')):.2f} | "
                      f"{minutes:.1f} | {r.get('threads', '?')} | {versus} |")
     lines += _by_scheme(runs, baselines, versus_post_ln)
+    lines += _recursion(runs, folder, references)
     ablations = sorted(folder.glob("*-ablation.json"))
     if ablations:
         lines += ["", "What averaging and beam search bought (test BLEU, the same run decoded again):", ""]

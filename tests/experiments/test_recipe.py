@@ -31,3 +31,36 @@ def test_report_tables_runs_and_tests_each_against_post_ln(shared_data, tmp_path
     # over seeds: mean ± std, the seed-paired difference to Post-LN, and each seed's bootstrap p-value
     assert "| post_ln | 1 | 0.0015 | 1, 42 | 100.00 ± 0.00 |  |  |" in text
     assert "| rskip_ln | 2 | 0.0015 | 1, 42 | 72.00 ± 2.83 | -28.00 ± 2.83 (2 seeds) | 0.001, 0.001 |" in text
+
+
+def test_report_sets_rskip_against_xskip_of_the_same_lambda_seed_by_seed(shared_data, tmp_path: Path) -> None:
+    from hf_rskip.data import clean_pairs, load_recipe
+
+    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
+    references = [pair["de"] for pair in test["translation"]]
+    worse = [" ".join(line.split()[:-2]) for line in references]
+    runs = [("rskip-s1", "rskip_ln", 2, 3e-3, 1, references, 100.0),
+            ("rskip-s2", "rskip_ln", 2, 3e-3, 2, references, 100.0),
+            ("xskip-s1", "xskip_ln", 2, 3e-3, 1, worse, 70.0), ("xskip-s2", "xskip_ln", 2, 3e-3, 2, worse, 72.0),
+            # a single-seed run at another rate is not xSkip's chosen rate, and a seed without a partner is left out
+            ("xskip-lr-s1", "xskip_ln", 2, 1.5e-3, 1, references, 100.0),
+            ("xskip-s3", "xskip_ln", 2, 3e-3, 3, worse, 1.0)]
+    for name, scheme, lam, lr, seed, hypotheses, bleu in runs:
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "residual_scheme": scheme, "skip_lambda": lam, "seed": seed, "test_bleu": bleu, "test_chrf": 90.0,
+            "eval_bleu": bleu, "train_runtime": 600.0, "threads": 1, "options": {"learning_rate": lr}}))
+        (tmp_path / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
+    lines = report(tmp_path).splitlines()
+    rows = [line for line in lines[lines.index(next(l for l in lines if l.startswith("The recursion"))):]
+            if line.startswith("| 2 |")]
+    assert rows == ["| 2 | 0.003 | 0.003 | 1 | 100.00 | 70.00 | +30.00 | 0.001 |",
+                    "| 2 | 0.003 | 0.003 | 2 | 100.00 | 72.00 | +28.00 | 0.001 |",
+                    "| 2 | | | all 2 | | | +29.00 ± 1.41 | |"]
+
+
+def test_report_has_no_recursion_table_without_xskip_runs(shared_data, tmp_path: Path) -> None:
+    (tmp_path / "rskip.json").write_text(json.dumps({
+        "residual_scheme": "rskip_ln", "skip_lambda": 2, "seed": 1, "test_bleu": 30.0, "test_chrf": 50.0,
+        "options": {"learning_rate": 3e-3}}))
+    (tmp_path / "rskip.test.txt").write_text("ein Hund\n")
+    assert "The recursion" not in report(tmp_path)
