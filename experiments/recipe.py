@@ -7,7 +7,7 @@ its test hypotheses (one per line, in test-set order). The table gives each run'
 validation BLEU, chrF, training minutes and threads; runs with hypotheses are compared with the Post-LN run of
 the same seed by sacreBLEU's paired bootstrap (1,000 resamples); where a scheme has several seeds, a second table
 gives its mean ± std and the seed-paired difference to Post-LN, and a third sets rSkip+LN against xSkip+LN of the
-same λ, seed by seed (the paper's "the recursion helps"), each at the rate with the most seeds.
+same λ, seed by seed (the paper's "the recursion helps"), each at its chosen rate (most seeds, then validation BLEU).
 ``<name>-ablation.json`` files (what averaging and beam search bought, from decoding the same run's checkpoints)
 are listed under the tables.
 """
@@ -43,6 +43,11 @@ def _lr(result: dict[str, Any]) -> str:
     return f"{float(lr):g}" if lr is not None else "?"
 
 
+def _lam(result: dict[str, Any]) -> str:
+    """λ as written (xSkip's configs store a float, rSkip's an int: both print as ``2``)."""
+    return f"{float(result['skip_lambda']):g}"
+
+
 def _by_scheme(runs: dict[str, dict[str, Any]], baselines: dict[Any, str],
                versus_post_ln: dict[str, dict[str, float]]) -> list[str]:
     """Runs of one scheme, λ and rate over seeds (pilots left out): mean ± std of test BLEU and, against the
@@ -53,7 +58,7 @@ def _by_scheme(runs: dict[str, dict[str, Any]], baselines: dict[Any, str],
     groups: dict[tuple[str, Any, str], list[str]] = {}
     for name, r in runs.items():
         if not name.startswith("pilot"):
-            groups.setdefault((r["residual_scheme"], r["skip_lambda"], _lr(r)), []).append(name)
+            groups.setdefault((r["residual_scheme"], _lam(r), _lr(r)), []).append(name)
     if not any(len(names) > 1 for names in groups.values()):
         return []
     lines = ["", "By scheme, over seeds (mean ± sample std; the difference to Post-LN is paired by seed):", "",
@@ -77,29 +82,34 @@ def _by_scheme(runs: dict[str, dict[str, Any]], baselines: dict[Any, str],
 
 
 def _recursion(runs: dict[str, dict[str, Any]], folder: Path, references: list[str]) -> list[str]:
-    """rSkip+LN against xSkip+LN of the same λ, paired by seed: each scheme's rate with the most seeds (its chosen
-    rate), the per-seed BLEU difference and sacreBLEU's paired bootstrap on the test hypotheses."""
+    """rSkip+LN against xSkip+LN of the same λ, paired by seed: each scheme at its chosen rate (the one run over
+    the most seeds; between rates of equally many seeds, the best mean validation BLEU, the rule the rates were
+    chosen by), the per-seed BLEU difference and sacreBLEU's paired bootstrap on the test hypotheses."""
     import statistics
 
     from experiments.reproduce import paired_bootstrap
 
-    def chosen(scheme: str, lam: Any) -> dict[Any, str]:
+    def chosen(scheme: str, lam: str) -> dict[Any, str]:
         by_rate: dict[str, dict[Any, str]] = {}
         for name, r in runs.items():
-            if (not name.startswith("pilot") and r["residual_scheme"] == scheme and r["skip_lambda"] == lam
+            if (not name.startswith("pilot") and r["residual_scheme"] == scheme and _lam(r) == lam
                     and _hypotheses(folder, name) is not None):
                 by_rate.setdefault(_lr(r), {})[r["seed"]] = name
-        return max(by_rate.values(), key=len) if by_rate else {}
+
+        def rank(seeds: dict[Any, str]) -> tuple[int, float]:
+            return len(seeds), statistics.fmean(runs[n].get("eval_bleu", float("-inf")) for n in seeds.values())
+
+        return max(by_rate.values(), key=rank) if by_rate else {}
 
     lines: list[str] = []
-    for lam in sorted({r["skip_lambda"] for r in runs.values() if r["residual_scheme"] == "rskip_ln"}):
+    for lam in sorted({_lam(r) for r in runs.values() if r["residual_scheme"] == "rskip_ln"}, key=float):
         rskip, xskip = chosen("rskip_ln", lam), chosen("xskip_ln", lam)
         seeds = sorted(set(rskip) & set(xskip))
         if not seeds:
             continue
         if not lines:
             lines = ["", "The recursion: rSkip+LN against xSkip+LN of the same λ, paired by seed (each at its rate "
-                     "with the most seeds):", "",
+                     "with the most seeds, then by validation BLEU):", "",
                      "| λ | rSkip+LN lr | xSkip+LN lr | seed | rSkip+LN | xSkip+LN | difference "
                      "| paired bootstrap p |",
                      "|---|---|---|---|---|---|---|---|"]
@@ -138,7 +148,7 @@ def report(folder: Path) -> str:
             test_result = versus_post_ln[name] = paired_bootstrap(_hypotheses(folder, base), mine, references)
             versus = f"{test_result['delta']:+.2f} BLEU, p = {test_result['p_value']:.3f}"
         minutes = r.get("train_runtime", float("nan")) / 60
-        lines.append(f"| {name} | {r['residual_scheme']} | {r['skip_lambda']} | {_lr(r)} | {r['seed']} | "
+        lines.append(f"| {name} | {r['residual_scheme']} | {_lam(r)} | {_lr(r)} | {r['seed']} | "
                      f"{r['test_bleu']:.2f} | {r['test_chrf']:.2f} | {r.get('eval_bleu', float('nan')):.2f} | "
                      f"{minutes:.1f} | {r.get('threads', '?')} | {versus} |")
     lines += _by_scheme(runs, baselines, versus_post_ln)

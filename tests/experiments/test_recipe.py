@@ -41,10 +41,11 @@ def test_report_sets_rskip_against_xskip_of_the_same_lambda_seed_by_seed(shared_
     worse = [" ".join(line.split()[:-2]) for line in references]
     runs = [("rskip-s1", "rskip_ln", 2, 3e-3, 1, references, 100.0),
             ("rskip-s2", "rskip_ln", 2, 3e-3, 2, references, 100.0),
-            ("xskip-s1", "xskip_ln", 2, 3e-3, 1, worse, 70.0), ("xskip-s2", "xskip_ln", 2, 3e-3, 2, worse, 72.0),
+            # xSkip's configs store λ as a float; the pairing and the table treat 2.0 as 2
+            ("xskip-s1", "xskip_ln", 2.0, 3e-3, 1, worse, 70.0), ("xskip-s2", "xskip_ln", 2.0, 3e-3, 2, worse, 72.0),
             # a single-seed run at another rate is not xSkip's chosen rate, and a seed without a partner is left out
-            ("xskip-lr-s1", "xskip_ln", 2, 1.5e-3, 1, references, 100.0),
-            ("xskip-s3", "xskip_ln", 2, 3e-3, 3, worse, 1.0)]
+            ("xskip-lr-s1", "xskip_ln", 2.0, 1.5e-3, 1, references, 100.0),
+            ("xskip-s3", "xskip_ln", 2.0, 3e-3, 3, worse, 1.0)]
     for name, scheme, lam, lr, seed, hypotheses, bleu in runs:
         (tmp_path / f"{name}.json").write_text(json.dumps({
             "residual_scheme": scheme, "skip_lambda": lam, "seed": seed, "test_bleu": bleu, "test_chrf": 90.0,
@@ -56,6 +57,25 @@ def test_report_sets_rskip_against_xskip_of_the_same_lambda_seed_by_seed(shared_
     assert rows == ["| 2 | 0.003 | 0.003 | 1 | 100.00 | 70.00 | +30.00 | 0.001 |",
                     "| 2 | 0.003 | 0.003 | 2 | 100.00 | 72.00 | +28.00 | 0.001 |",
                     "| 2 | | | all 2 | | | +29.00 ± 1.41 | |"]
+    assert "| xskip_ln | 2 | 0.003 | 1, 2, 3 |" in "\n".join(lines)  # by scheme: λ printed as 2, not 2.0
+
+
+def test_report_picks_between_single_seed_rates_by_validation_bleu(shared_data, tmp_path: Path) -> None:
+    from hf_rskip.data import clean_pairs, load_recipe
+
+    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
+    references = [pair["de"] for pair in test["translation"]]
+    worse = [" ".join(line.split()[:-2]) for line in references]
+    # xSkip at two rates, one seed each: 3e-3 has the better validation BLEU, so it is the chosen rate even though
+    # its test BLEU is lower (the test set must not choose), and although the other comes first by name
+    for name, scheme, lr, hypotheses, val, test_bleu in (("rskip", "rskip_ln", 3e-3, references, 40.0, 100.0),
+                                                         ("xskip-a-lo", "xskip_ln", 1.5e-3, references, 30.0, 100.0),
+                                                         ("xskip-b-hi", "xskip_ln", 3e-3, worse, 35.0, 70.0)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "residual_scheme": scheme, "skip_lambda": 2, "seed": 42, "test_bleu": test_bleu, "test_chrf": 90.0,
+            "eval_bleu": val, "train_runtime": 600.0, "threads": 1, "options": {"learning_rate": lr}}))
+        (tmp_path / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
+    assert "| 2 | 0.003 | 0.003 | 42 | 100.00 | 70.00 | +30.00 | 0.001 |" in report(tmp_path)
 
 
 def test_report_has_no_recursion_table_without_xskip_runs(shared_data, tmp_path: Path) -> None:
