@@ -48,6 +48,15 @@ def _lam(result: dict[str, Any]) -> str:
     return f"{float(result['skip_lambda']):g}"
 
 
+def _groups(runs: dict[str, dict[str, Any]]) -> dict[tuple[str, str, str], list[str]]:
+    """Run names by (scheme, λ, rate), pilots left out: one group is one scheme's runs over seeds."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for name, r in runs.items():
+        if not name.startswith("pilot"):
+            groups.setdefault((r["residual_scheme"], _lam(r), _lr(r)), []).append(name)
+    return groups
+
+
 def _by_scheme(runs: dict[str, dict[str, Any]], baselines: dict[Any, str],
                versus_post_ln: dict[str, dict[str, float]]) -> list[str]:
     """Runs of one scheme, λ and rate over seeds (pilots left out): mean ± std of test BLEU and, against the
@@ -55,10 +64,7 @@ def _by_scheme(runs: dict[str, dict[str, Any]], baselines: dict[Any, str],
     (``versus_post_ln``: run name → the bootstrap result of the main table)."""
     import statistics
 
-    groups: dict[tuple[str, Any, str], list[str]] = {}
-    for name, r in runs.items():
-        if not name.startswith("pilot"):
-            groups.setdefault((r["residual_scheme"], _lam(r), _lr(r)), []).append(name)
+    groups = _groups(runs)
     if not any(len(names) > 1 for names in groups.values()):
         return []
     lines = ["", "By scheme, over seeds (mean ± sample std; the difference to Post-LN is paired by seed):", "",
@@ -81,7 +87,7 @@ def _by_scheme(runs: dict[str, dict[str, Any]], baselines: dict[Any, str],
     return lines
 
 
-def _recursion(runs: dict[str, dict[str, Any]], folder: Path, references: list[str]) -> list[str]:
+def _recursion(runs: dict[str, dict[str, Any]], hypotheses: dict[str, list[str]], references: list[str]) -> list[str]:
     """rSkip+LN against xSkip+LN of the same λ, paired by seed: each scheme at its chosen rate (the one run over
     the most seeds; between rates of equally many seeds, the best mean validation BLEU, the rule the rates were
     chosen by), the per-seed BLEU difference and sacreBLEU's paired bootstrap on the test hypotheses."""
@@ -89,17 +95,18 @@ def _recursion(runs: dict[str, dict[str, Any]], folder: Path, references: list[s
 
     from experiments.reproduce import paired_bootstrap
 
+    groups = _groups(runs)
+
     def chosen(scheme: str, lam: str) -> dict[Any, str]:
-        by_rate: dict[str, dict[Any, str]] = {}
-        for name, r in runs.items():
-            if (not name.startswith("pilot") and r["residual_scheme"] == scheme and _lam(r) == lam
-                    and _hypotheses(folder, name) is not None):
-                by_rate.setdefault(_lr(r), {})[r["seed"]] = name
+        """Seed → run name at the scheme's chosen rate (runs with test hypotheses only)."""
+        by_rate = [{runs[n]["seed"]: n for n in names if n in hypotheses}
+                   for (s, lm, _), names in groups.items() if s == scheme and lm == lam]
+        by_rate = [seeds for seeds in by_rate if seeds]
 
         def rank(seeds: dict[Any, str]) -> tuple[int, float]:
             return len(seeds), statistics.fmean(runs[n].get("eval_bleu", float("-inf")) for n in seeds.values())
 
-        return max(by_rate.values(), key=rank) if by_rate else {}
+        return max(by_rate, key=rank) if by_rate else {}
 
     lines: list[str] = []
     for lam in sorted({_lam(r) for r in runs.values() if r["residual_scheme"] == "rskip_ln"}, key=float):
@@ -116,7 +123,7 @@ def _recursion(runs: dict[str, dict[str, Any]], folder: Path, references: list[s
         deltas = []
         for seed in seeds:
             mine, theirs = runs[rskip[seed]], runs[xskip[seed]]
-            test = paired_bootstrap(_hypotheses(folder, xskip[seed]), _hypotheses(folder, rskip[seed]), references)
+            test = paired_bootstrap(hypotheses[xskip[seed]], hypotheses[rskip[seed]], references)
             deltas.append(mine["test_bleu"] - theirs["test_bleu"])
             lines.append(f"| {lam} | {_lr(mine)} | {_lr(theirs)} | {seed} | {mine['test_bleu']:.2f} | "
                          f"{theirs['test_bleu']:.2f} | {deltas[-1]:+.2f} | {test['p_value']:.3f} |")
@@ -133,8 +140,9 @@ def report(folder: Path) -> str:
     runs = _runs(folder)
     test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
     references = [pair["de"] for pair in test["translation"]]
+    hypotheses = {name: h for name in runs if (h := _hypotheses(folder, name)) is not None}  # read once
     baselines = {r["seed"]: name for name, r in runs.items() if r["residual_scheme"] == "post_ln"
-                 and _hypotheses(folder, name) is not None and not name.startswith("pilot")}
+                 and name in hypotheses and not name.startswith("pilot")}
     lines = ["# Multi30k EN→DE recipe runs (test_2016_flickr, sacreBLEU 13a)", "",
              "| run | scheme | λ | lr | seed | test BLEU | test chrF | val BLEU | training (min) | threads "
              "| vs Post-LN, same seed (paired bootstrap) |",
@@ -143,16 +151,15 @@ def report(folder: Path) -> str:
     for name, r in runs.items():
         versus = ""
         base = baselines.get(r["seed"])
-        mine = _hypotheses(folder, name)
-        if base is not None and base != name and mine is not None:
-            test_result = versus_post_ln[name] = paired_bootstrap(_hypotheses(folder, base), mine, references)
+        if base is not None and base != name and name in hypotheses:
+            test_result = versus_post_ln[name] = paired_bootstrap(hypotheses[base], hypotheses[name], references)
             versus = f"{test_result['delta']:+.2f} BLEU, p = {test_result['p_value']:.3f}"
         minutes = r.get("train_runtime", float("nan")) / 60
         lines.append(f"| {name} | {r['residual_scheme']} | {_lam(r)} | {_lr(r)} | {r['seed']} | "
                      f"{r['test_bleu']:.2f} | {r['test_chrf']:.2f} | {r.get('eval_bleu', float('nan')):.2f} | "
                      f"{minutes:.1f} | {r.get('threads', '?')} | {versus} |")
     lines += _by_scheme(runs, baselines, versus_post_ln)
-    lines += _recursion(runs, folder, references)
+    lines += _recursion(runs, hypotheses, references)
     ablations = sorted(folder.glob("*-ablation.json"))
     if ablations:
         lines += ["", "What averaging and beam search bought (test BLEU, the same run decoded again):", ""]
