@@ -6,8 +6,9 @@ Every ``<name>.json`` in the folder is a ``run_translation.py`` results file; a 
 its test hypotheses (one per line, in test-set order). The table gives each run's scheme, rate, seed, test and
 validation BLEU, chrF, training minutes and threads; runs with hypotheses are compared with the Post-LN run of
 the same seed by sacreBLEU's paired bootstrap (1,000 resamples); where a scheme has several seeds, a second table
-gives its mean ± std and the seed-paired difference to Post-LN, and a third sets rSkip+LN against xSkip+LN of the
-same λ, seed by seed (the paper's "the recursion helps"), each at its chosen rate (most seeds, then validation BLEU).
+gives its mean ± std and the seed-paired difference to Post-LN, and a third sets schemes head to head, seed by
+seed, each at its chosen rate (most seeds, then validation BLEU): rSkip+LN against xSkip+LN of the same λ (the
+paper's "the recursion helps"), against rSkip+LN of the next smaller λ, and against Pre-LN.
 ``<name>-ablation.json`` files (what averaging and beam search bought, from decoding the same run's checkpoints)
 are listed under the tables.
 """
@@ -87,10 +88,22 @@ def _by_scheme(runs: dict[str, dict[str, Any]], baselines: dict[Any, str],
     return lines
 
 
-def _recursion(runs: dict[str, dict[str, Any]], hypotheses: dict[str, list[str]], references: list[str]) -> list[str]:
-    """rSkip+LN against xSkip+LN of the same λ, paired by seed: each scheme at its chosen rate (the one run over
-    the most seeds; between rates of equally many seeds, the best mean validation BLEU, the rule the rates were
-    chosen by), the per-seed BLEU difference and sacreBLEU's paired bootstrap on the test hypotheses."""
+_NAMES = {"post_ln": "Post-LN", "pre_ln": "Pre-LN", "xskip": "xSkip", "xskip_ln": "xSkip+LN", "rskip_ln": "rSkip+LN",
+          "rskip_bn": "rSkip+BN"}
+
+
+def _label(scheme: str, lam: str) -> str:
+    name = _NAMES.get(scheme, scheme)
+    return name if scheme in ("post_ln", "pre_ln") else f"{name} λ = {lam}"
+
+
+def _head_to_head(runs: dict[str, dict[str, Any]], hypotheses: dict[str, list[str]],
+                  references: list[str]) -> list[str]:
+    """The comparisons the paper's claims turn on, besides the one with Post-LN, paired by seed: rSkip+LN against
+    xSkip+LN of the same λ (the recursion), rSkip+LN of each λ against the next smaller λ (what λ buys) and
+    rSkip+LN against Pre-LN. Each scheme at its chosen rate (the one run over the most seeds; between rates of
+    equally many seeds, the best mean validation BLEU, the rule the rates were chosen by); per seed the BLEU
+    difference and sacreBLEU's paired bootstrap on the test hypotheses, then the mean ± std over seeds."""
     import statistics
 
     from experiments.reproduce import paired_bootstrap
@@ -108,27 +121,31 @@ def _recursion(runs: dict[str, dict[str, Any]], hypotheses: dict[str, list[str]]
 
         return max(by_rate, key=rank) if by_rate else {}
 
+    rskip_lams = sorted({_lam(r) for r in runs.values() if r["residual_scheme"] == "rskip_ln"}, key=float)
+    pairs = [(("rskip_ln", lam), ("xskip_ln", lam), "the recursion") for lam in rskip_lams]
+    pairs += [(("rskip_ln", big), ("rskip_ln", small), "λ") for small, big in zip(rskip_lams, rskip_lams[1:])]
+    pairs += [(("rskip_ln", lam), ("pre_ln", "1"), "pre-norm") for lam in rskip_lams]
     lines: list[str] = []
-    for lam in sorted({_lam(r) for r in runs.values() if r["residual_scheme"] == "rskip_ln"}, key=float):
-        rskip, xskip = chosen("rskip_ln", lam), chosen("xskip_ln", lam)
-        seeds = sorted(set(rskip) & set(xskip))
+    for system, baseline, what in pairs:
+        mine_runs, their_runs = chosen(*system), chosen(*baseline)
+        seeds = sorted(set(mine_runs) & set(their_runs))
         if not seeds:
             continue
         if not lines:
-            lines = ["", "The recursion: rSkip+LN against xSkip+LN of the same λ, paired by seed (each at its rate "
-                     "with the most seeds, then by validation BLEU):", "",
-                     "| λ | rSkip+LN lr | xSkip+LN lr | seed | rSkip+LN | xSkip+LN | difference "
-                     "| paired bootstrap p |",
-                     "|---|---|---|---|---|---|---|---|"]
+            lines = ["", "Head to head, paired by seed (each scheme at its rate with the most seeds, then by "
+                     "validation BLEU): the recursion (rSkip+LN against xSkip+LN of the same λ), λ, and Pre-LN:", "",
+                     "| comparison | lr | seed | first | second | difference | paired bootstrap p |",
+                     "|---|---|---|---|---|---|---|"]
+        label = f"{_label(*system)} vs {_label(*baseline)} ({what})"
         deltas = []
         for seed in seeds:
-            mine, theirs = runs[rskip[seed]], runs[xskip[seed]]
-            test = paired_bootstrap(hypotheses[xskip[seed]], hypotheses[rskip[seed]], references)
+            mine, theirs = runs[mine_runs[seed]], runs[their_runs[seed]]
+            test = paired_bootstrap(hypotheses[their_runs[seed]], hypotheses[mine_runs[seed]], references)
             deltas.append(mine["test_bleu"] - theirs["test_bleu"])
-            lines.append(f"| {lam} | {_lr(mine)} | {_lr(theirs)} | {seed} | {mine['test_bleu']:.2f} | "
+            lines.append(f"| {label} | {_lr(mine)} / {_lr(theirs)} | {seed} | {mine['test_bleu']:.2f} | "
                          f"{theirs['test_bleu']:.2f} | {deltas[-1]:+.2f} | {test['p_value']:.3f} |")
         if len(deltas) > 1:
-            lines.append(f"| {lam} | | | all {len(deltas)} | | | {statistics.fmean(deltas):+.2f} ± "
+            lines.append(f"| {label} | | all {len(deltas)} | | | {statistics.fmean(deltas):+.2f} ± "
                          f"{statistics.stdev(deltas):.2f} | |")
     return lines
 
@@ -159,7 +176,7 @@ def report(folder: Path) -> str:
                      f"{r['test_bleu']:.2f} | {r['test_chrf']:.2f} | {r.get('eval_bleu', float('nan')):.2f} | "
                      f"{minutes:.1f} | {r.get('threads', '?')} | {versus} |")
     lines += _by_scheme(runs, baselines, versus_post_ln)
-    lines += _recursion(runs, hypotheses, references)
+    lines += _head_to_head(runs, hypotheses, references)
     ablations = sorted(folder.glob("*-ablation.json"))
     if ablations:
         lines += ["", "What averaging and beam search bought (test BLEU, the same run decoded again):", ""]

@@ -52,11 +52,11 @@ def test_report_sets_rskip_against_xskip_of_the_same_lambda_seed_by_seed(shared_
             "eval_bleu": bleu, "train_runtime": 600.0, "threads": 1, "options": {"learning_rate": lr}}))
         (tmp_path / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
     lines = report(tmp_path).splitlines()
-    rows = [line for line in lines[lines.index(next(l for l in lines if l.startswith("The recursion"))):]
-            if line.startswith("| 2 |")]
-    assert rows == ["| 2 | 0.003 | 0.003 | 1 | 100.00 | 70.00 | +30.00 | 0.001 |",
-                    "| 2 | 0.003 | 0.003 | 2 | 100.00 | 72.00 | +28.00 | 0.001 |",
-                    "| 2 | | | all 2 | | | +29.00 ± 1.41 | |"]
+    label = "| rSkip+LN λ = 2 vs xSkip+LN λ = 2 (the recursion) |"
+    rows = [line for line in lines if line.startswith(label)]
+    assert rows == [f"{label} 0.003 / 0.003 | 1 | 100.00 | 70.00 | +30.00 | 0.001 |",
+                    f"{label} 0.003 / 0.003 | 2 | 100.00 | 72.00 | +28.00 | 0.001 |",
+                    f"{label} | all 2 | | | +29.00 ± 1.41 | |"]
     assert "| xskip_ln | 2 | 0.003 | 1, 2, 3 |" in "\n".join(lines)  # by scheme: λ printed as 2, not 2.0
 
 
@@ -75,12 +75,37 @@ def test_report_picks_between_single_seed_rates_by_validation_bleu(shared_data, 
             "residual_scheme": scheme, "skip_lambda": 2, "seed": 42, "test_bleu": test_bleu, "test_chrf": 90.0,
             "eval_bleu": val, "train_runtime": 600.0, "threads": 1, "options": {"learning_rate": lr}}))
         (tmp_path / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
-    assert "| 2 | 0.003 | 0.003 | 42 | 100.00 | 70.00 | +30.00 | 0.001 |" in report(tmp_path)
+    assert ("| rSkip+LN λ = 2 vs xSkip+LN λ = 2 (the recursion) | 0.003 / 0.003 | 42 | 100.00 | 70.00 | +30.00 | "
+            "0.001 |") in report(tmp_path)
 
 
-def test_report_has_no_recursion_table_without_xskip_runs(shared_data, tmp_path: Path) -> None:
+def test_report_has_no_head_to_head_table_without_partners(shared_data, tmp_path: Path) -> None:
     (tmp_path / "rskip.json").write_text(json.dumps({
         "residual_scheme": "rskip_ln", "skip_lambda": 2, "seed": 1, "test_bleu": 30.0, "test_chrf": 50.0,
         "options": {"learning_rate": 3e-3}}))
     (tmp_path / "rskip.test.txt").write_text("ein Hund\n")
-    assert "The recursion" not in report(tmp_path)
+    assert "Head to head" not in report(tmp_path)
+
+
+def test_report_sets_rskip_against_the_smaller_lambda_and_pre_ln(shared_data, tmp_path: Path) -> None:
+    from hf_rskip.data import clean_pairs, load_recipe
+
+    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
+    references = [pair["de"] for pair in test["translation"]]
+    worse = [" ".join(line.split()[:-2]) for line in references]
+    # λ = 3 is the better rSkip; Pre-LN (λ stored as 1) is worse than λ = 2; λ = 3 at 1.5e-3 has one seed only
+    runs = [("r2-s1", "rskip_ln", 2, 3e-3, 1, worse, 70.0), ("r2-s2", "rskip_ln", 2, 3e-3, 2, worse, 71.0),
+            ("r3-s1", "rskip_ln", 3, 3e-3, 1, references, 100.0), ("r3-s2", "rskip_ln", 3, 3e-3, 2, references, 99.0),
+            ("r3-lo-s1", "rskip_ln", 3, 1.5e-3, 1, worse, 10.0),
+            ("pre-s1", "pre_ln", 1, 1.5e-3, 1, references, 100.0), ("pre-s2", "pre_ln", 1, 1.5e-3, 2, references, 100.0)]
+    for name, scheme, lam, lr, seed, hypotheses, bleu in runs:
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "residual_scheme": scheme, "skip_lambda": lam, "seed": seed, "test_bleu": bleu, "test_chrf": 90.0,
+            "eval_bleu": bleu, "train_runtime": 600.0, "threads": 1, "options": {"learning_rate": lr}}))
+        (tmp_path / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
+    text = report(tmp_path)
+    assert "| rSkip+LN λ = 3 vs rSkip+LN λ = 2 (λ) | 0.003 / 0.003 | 1 | 100.00 | 70.00 | +30.00 | 0.001 |" in text
+    assert "| rSkip+LN λ = 3 vs rSkip+LN λ = 2 (λ) | | all 2 | | | +29.00 ± 1.41 | |" in text
+    assert "| rSkip+LN λ = 2 vs Pre-LN (pre-norm) | 0.003 / 0.0015 | 2 | 71.00 | 100.00 | -29.00 | " in text
+    assert "| rSkip+LN λ = 3 vs Pre-LN (pre-norm) | 0.003 / 0.0015 | 1 | 100.00 | 100.00 | +0.00 | " in text
+    assert "(the recursion)" not in text  # no xSkip+LN runs: nothing to pair with
