@@ -14,7 +14,7 @@ skip is larger than the seed spread) and PNG plots to the output folder. Finishe
 skipped when the command is run again, so a long sweep can be stopped and resumed.
 
     python scripts/reproduce.py --preset smoke            # a few minutes, every stage
-    python scripts/reproduce.py --preset cpu              # ~25 hours on 2 CPU cores: run it in parts (--tasks)
+    python scripts/reproduce.py --preset cpu              # ~23 hours on 2 CPU cores: run it in parts (--tasks)
     python scripts/reproduce.py --preset gpu              # one GPU, many runs at once, ~15 minutes (estimate)
 """
 
