@@ -88,15 +88,6 @@ def _by_scheme(runs: dict[str, dict[str, Any]], baselines: dict[Any, str],
     return lines
 
 
-_NAMES = {"post_ln": "Post-LN", "pre_ln": "Pre-LN", "xskip": "xSkip", "xskip_ln": "xSkip+LN", "rskip_ln": "rSkip+LN",
-          "rskip_bn": "rSkip+BN"}
-
-
-def _label(scheme: str, lam: str) -> str:
-    name = _NAMES.get(scheme, scheme)
-    return name if scheme in ("post_ln", "pre_ln") else f"{name} λ = {lam}"
-
-
 def _head_to_head(runs: dict[str, dict[str, Any]], hypotheses: dict[str, list[str]],
                   references: list[str]) -> list[str]:
     """The comparisons the paper's claims turn on, besides the one with Post-LN, paired by seed: rSkip+LN against
@@ -106,7 +97,7 @@ def _head_to_head(runs: dict[str, dict[str, Any]], hypotheses: dict[str, list[st
     difference and sacreBLEU's paired bootstrap on the test hypotheses, then the mean ± std over seeds."""
     import statistics
 
-    from experiments.reproduce import paired_bootstrap
+    from experiments.reproduce import Variant, paired_bootstrap
 
     groups = _groups(runs)
 
@@ -136,7 +127,8 @@ def _head_to_head(runs: dict[str, dict[str, Any]], hypotheses: dict[str, list[st
                      "validation BLEU): the recursion (rSkip+LN against xSkip+LN of the same λ), λ, and Pre-LN:", "",
                      "| comparison | lr | seed | first | second | difference | paired bootstrap p |",
                      "|---|---|---|---|---|---|---|"]
-        label = f"{_label(*system)} vs {_label(*baseline)} ({what})"
+        mine_label, their_label = (Variant(scheme, float(lam)).label for scheme, lam in (system, baseline))
+        label = f"{mine_label} vs {their_label} ({what})"
         deltas = []
         for seed in seeds:
             mine, theirs = runs[mine_runs[seed]], runs[their_runs[seed]]

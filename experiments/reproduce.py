@@ -195,9 +195,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # measured per-run costs (one thread, the other core busy): a 3+3 recipe run of 1,000 steps ~33 min of training +
     # ~4 min of beam-5 test decoding; 6+6 about twice that; a ResNet-20 run of 3,200 steps 11-13 min (two at once;
     # ~20 min with the test suite also running); a map cell 1-4 min (6+6, 12+12), 1.5-2.5 min (24+24). Text 40 runs
-    # ~38 h of one core, vision 9 runs ~2 h, map 144 cells ~5 h: about 23 hours of wall time in all. The sweep is resumable and reuses finished runs (a saved run of other
-    # steps is refused, not reused), so it can be run in parts (--tasks, --override) and continued; README, "Does
-    # the paper's result hold?", says what has been run.
+    # ~38 h of one core, vision 9 runs ~2 h, map 144 cells ~5 h: about 23 hours of wall time in all. The sweep is
+    # resumable and reuses finished runs (a saved run of other steps is refused, not reused), so it can be run in
+    # parts (--tasks, --override) and continued; README, "Does the paper's result hold?", says what has been run.
     "cpu": dict(
         jobs=2, threads=1,
         # The Multi30k recipe (run_translation.py --recipe multi30k_en_de: d_model 256, 3+3, 8,000 joint BPE,

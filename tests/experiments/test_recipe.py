@@ -52,7 +52,7 @@ def test_report_sets_rskip_against_xskip_of_the_same_lambda_seed_by_seed(shared_
             "eval_bleu": bleu, "train_runtime": 600.0, "threads": 1, "options": {"learning_rate": lr}}))
         (tmp_path / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
     lines = report(tmp_path).splitlines()
-    label = "| rSkip+LN λ = 2 vs xSkip+LN λ = 2 (the recursion) |"
+    label = "| rSkip+LN λ=2 vs xSkip+LN λ=2 (the recursion) |"
     rows = [line for line in lines if line.startswith(label)]
     assert rows == [f"{label} 0.003 / 0.003 | 1 | 100.00 | 70.00 | +30.00 | 0.001 |",
                     f"{label} 0.003 / 0.003 | 2 | 100.00 | 72.00 | +28.00 | 0.001 |",
@@ -75,7 +75,7 @@ def test_report_picks_between_single_seed_rates_by_validation_bleu(shared_data, 
             "residual_scheme": scheme, "skip_lambda": 2, "seed": 42, "test_bleu": test_bleu, "test_chrf": 90.0,
             "eval_bleu": val, "train_runtime": 600.0, "threads": 1, "options": {"learning_rate": lr}}))
         (tmp_path / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
-    assert ("| rSkip+LN λ = 2 vs xSkip+LN λ = 2 (the recursion) | 0.003 / 0.003 | 42 | 100.00 | 70.00 | +30.00 | "
+    assert ("| rSkip+LN λ=2 vs xSkip+LN λ=2 (the recursion) | 0.003 / 0.003 | 42 | 100.00 | 70.00 | +30.00 | "
             "0.001 |") in report(tmp_path)
 
 
@@ -104,8 +104,8 @@ def test_report_sets_rskip_against_the_smaller_lambda_and_pre_ln(shared_data, tm
             "eval_bleu": bleu, "train_runtime": 600.0, "threads": 1, "options": {"learning_rate": lr}}))
         (tmp_path / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
     text = report(tmp_path)
-    assert "| rSkip+LN λ = 3 vs rSkip+LN λ = 2 (λ) | 0.003 / 0.003 | 1 | 100.00 | 70.00 | +30.00 | 0.001 |" in text
-    assert "| rSkip+LN λ = 3 vs rSkip+LN λ = 2 (λ) | | all 2 | | | +29.00 ± 1.41 | |" in text
-    assert "| rSkip+LN λ = 2 vs Pre-LN (pre-norm) | 0.003 / 0.0015 | 2 | 71.00 | 100.00 | -29.00 | " in text
-    assert "| rSkip+LN λ = 3 vs Pre-LN (pre-norm) | 0.003 / 0.0015 | 1 | 100.00 | 100.00 | +0.00 | " in text
+    assert "| rSkip+LN λ=3 vs rSkip+LN λ=2 (λ) | 0.003 / 0.003 | 1 | 100.00 | 70.00 | +30.00 | 0.001 |" in text
+    assert "| rSkip+LN λ=3 vs rSkip+LN λ=2 (λ) | | all 2 | | | +29.00 ± 1.41 | |" in text
+    assert "| rSkip+LN λ=2 vs Pre-LN (pre-norm) | 0.003 / 0.0015 | 2 | 71.00 | 100.00 | -29.00 | " in text
+    assert "| rSkip+LN λ=3 vs Pre-LN (pre-norm) | 0.003 / 0.0015 | 1 | 100.00 | 100.00 | +0.00 | " in text
     assert "(the recursion)" not in text  # no xSkip+LN runs: nothing to pair with
