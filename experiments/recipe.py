@@ -4,11 +4,13 @@
 
 Every ``<name>.json`` in the folder is a ``run_translation.py`` results file; a ``<name>.test.txt`` beside it holds
 its test hypotheses (one per line, in test-set order). The table gives each run's scheme, rate, seed, test and
-validation BLEU, chrF, training minutes and threads; runs with hypotheses are compared with the Post-LN run of
-the same seed by sacreBLEU's paired bootstrap (1,000 resamples); where a scheme has several seeds, a second table
-gives its mean ± std and the seed-paired difference to Post-LN, and a third sets schemes head to head, seed by
-seed, each at its chosen rate (most seeds, then validation BLEU): rSkip+LN against xSkip+LN of the same λ (the
-paper's "the recursion helps"), against rSkip+LN of the next smaller λ, and against Pre-LN.
+validation BLEU, chrF, training minutes and threads, and its layers per stack (``--encoder_layers`` /
+``--decoder_layers``, else the preset's: the recipe's is 3+3). Runs are only ever compared with runs of the same
+layers and seed: runs with hypotheses with Post-LN's (at its chosen rate) by sacreBLEU's paired bootstrap (1,000
+resamples); where a scheme has several seeds, a second table gives its mean ± std and the seed-paired difference
+to Post-LN, and a third sets schemes head to head, seed by seed, each at its chosen rate (most seeds, then
+validation BLEU): rSkip+LN against xSkip+LN of the same λ (the paper's "the recursion helps"), against rSkip+LN of
+the next smaller λ, and against Pre-LN.
 ``<name>-ablation.json`` files (what averaging and beam search bought, from decoding the same run's checkpoints)
 are listed under the tables.
 """
@@ -49,33 +51,71 @@ def _lam(result: dict[str, Any]) -> str:
     return f"{float(result['skip_lambda']):g}"
 
 
-def _groups(runs: dict[str, dict[str, Any]]) -> dict[tuple[str, str, str], list[str]]:
-    """Run names by (scheme, λ, rate), pilots left out: one group is one scheme's runs over seeds."""
-    groups: dict[tuple[str, str, str], list[str]] = {}
+def _layers(result: dict[str, Any]) -> str:
+    """Layers per stack as ``encoder+decoder``: the run's ``--encoder_layers`` / ``--decoder_layers``, else its
+    preset's (runs saved without options used the recipe's ``small`` preset)."""
+    from hf_rskip import TEXT_PRESETS
+
+    options = result.get("options") or {}
+    preset = TEXT_PRESETS.get(options.get("preset") or "small", TEXT_PRESETS["small"])
+    encoder = options.get("encoder_layers") or preset["encoder_layers"]
+    decoder = options.get("decoder_layers") or preset["decoder_layers"]
+    return f"{encoder}+{decoder}"
+
+
+def _depth_order(layers: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in layers.split("+"))
+
+
+Group = tuple[str, str, str, str]
+"""(layers, scheme, λ, rate)."""
+
+
+def _groups(runs: dict[str, dict[str, Any]]) -> dict[Group, list[str]]:
+    """Run names by (layers, scheme, λ, rate), pilots left out, shallow stacks first: one group is one scheme's
+    runs over seeds."""
+    groups: dict[Group, list[str]] = {}
     for name, r in runs.items():
         if not name.startswith("pilot"):
-            groups.setdefault((r["residual_scheme"], _lam(r), _lr(r)), []).append(name)
-    return groups
+            groups.setdefault((_layers(r), r["residual_scheme"], _lam(r), _lr(r)), []).append(name)
+    return dict(sorted(groups.items(), key=lambda item: (_depth_order(item[0][0]), item[0][1:])))
 
 
-def _by_scheme(runs: dict[str, dict[str, Any]], baselines: dict[Any, str],
+def _chosen(runs: dict[str, dict[str, Any]], hypotheses: dict[str, list[str]], layers: str, scheme: str,
+            lam: str) -> dict[Any, str]:
+    """Seed → run name of a scheme at its chosen rate for one depth, among runs with test hypotheses: the rate
+    run over the most seeds; between rates of equally many seeds, the best mean validation BLEU (the rule the rates
+    were chosen by; the test set never chooses)."""
+    import statistics
+
+    by_rate = [{runs[n]["seed"]: n for n in names if n in hypotheses}
+               for (depth, s, lm, _), names in _groups(runs).items() if (depth, s, lm) == (layers, scheme, lam)]
+    by_rate = [seeds for seeds in by_rate if seeds]
+
+    def rank(seeds: dict[Any, str]) -> tuple[int, float]:
+        return len(seeds), statistics.fmean(runs[n].get("eval_bleu", float("-inf")) for n in seeds.values())
+
+    return max(by_rate, key=rank) if by_rate else {}
+
+
+def _by_scheme(runs: dict[str, dict[str, Any]], baselines: dict[tuple[str, Any], str],
                versus_post_ln: dict[str, dict[str, float]]) -> list[str]:
-    """Runs of one scheme, λ and rate over seeds (pilots left out): mean ± std of test BLEU and, against the
-    Post-LN run of each seed, the paired difference over seeds and every seed's paired-bootstrap p-value
-    (``versus_post_ln``: run name → the bootstrap result of the main table)."""
+    """Runs of one depth, scheme, λ and rate over seeds (pilots left out): mean ± std of test BLEU and, against
+    the Post-LN run of each seed and depth (``baselines``: (layers, seed) → run name), the paired difference over
+    seeds and every seed's paired-bootstrap p-value (``versus_post_ln``: run name → the main table's bootstrap)."""
     import statistics
 
     groups = _groups(runs)
     if not any(len(names) > 1 for names in groups.values()):
         return []
     lines = ["", "By scheme, over seeds (mean ± sample std; the difference to Post-LN is paired by seed):", "",
-             "| scheme | λ | lr | seeds | test BLEU | vs Post-LN, paired by seed | paired bootstrap p per seed |",
-             "|---|---|---|---|---|---|---|"]
-    for (scheme, lam, lr), names in groups.items():
+             "| layers | scheme | λ | lr | seeds | test BLEU | vs Post-LN, paired by seed | paired bootstrap p per "
+             "seed |", "|---|---|---|---|---|---|---|---|"]
+    for (layers, scheme, lam, lr), names in groups.items():
         bleus = [runs[n]["test_bleu"] for n in names]
         spread = f" ± {statistics.stdev(bleus):.2f}" if len(bleus) > 1 else ""
         compared = [n for n in names if n in versus_post_ln]
-        deltas = [runs[n]["test_bleu"] - runs[baselines[runs[n]["seed"]]]["test_bleu"] for n in compared]
+        deltas = [runs[n]["test_bleu"] - runs[baselines[layers, runs[n]["seed"]]]["test_bleu"] for n in compared]
         p_values = [f"{versus_post_ln[n]['p_value']:.3f}" for n in compared]
         versus = ""
         if len(deltas) == 1:
@@ -83,62 +123,52 @@ def _by_scheme(runs: dict[str, dict[str, Any]], baselines: dict[Any, str],
         elif deltas:
             versus = f"{statistics.fmean(deltas):+.2f} ± {statistics.stdev(deltas):.2f} ({len(deltas)} seeds)"
         seeds = ", ".join(str(runs[n]["seed"]) for n in names)
-        lines.append(f"| {scheme} | {lam} | {lr} | {seeds} | {statistics.fmean(bleus):.2f}{spread} | {versus} | "
+        lines.append(f"| {layers} | {scheme} | {lam} | {lr} | {seeds} | {statistics.fmean(bleus):.2f}{spread} | {versus} | "
                      f"{', '.join(p_values)} |")
     return lines
 
 
 def _head_to_head(runs: dict[str, dict[str, Any]], hypotheses: dict[str, list[str]],
                   references: list[str]) -> list[str]:
-    """The comparisons the paper's claims turn on, besides the one with Post-LN, paired by seed: rSkip+LN against
-    xSkip+LN of the same λ (the recursion), rSkip+LN of each λ against the next smaller λ (what λ buys) and
-    rSkip+LN against Pre-LN. Each scheme at its chosen rate (the one run over the most seeds; between rates of
-    equally many seeds, the best mean validation BLEU, the rule the rates were chosen by); per seed the BLEU
+    """The comparisons the paper's claims turn on, besides the one with Post-LN, paired by seed within each depth:
+    rSkip+LN against xSkip+LN of the same λ (the recursion), rSkip+LN of each λ against the next smaller λ (what λ
+    buys) and rSkip+LN against Pre-LN. Each scheme at its chosen rate (:func:`_chosen`); per seed the BLEU
     difference and sacreBLEU's paired bootstrap on the test hypotheses, then the mean ± std over seeds."""
     import statistics
 
     from experiments.reproduce import Variant, paired_bootstrap
 
-    groups = _groups(runs)
-
-    def chosen(scheme: str, lam: str) -> dict[Any, str]:
-        """Seed → run name at the scheme's chosen rate (runs with test hypotheses only)."""
-        by_rate = [{runs[n]["seed"]: n for n in names if n in hypotheses}
-                   for (s, lm, _), names in groups.items() if s == scheme and lm == lam]
-        by_rate = [seeds for seeds in by_rate if seeds]
-
-        def rank(seeds: dict[Any, str]) -> tuple[int, float]:
-            return len(seeds), statistics.fmean(runs[n].get("eval_bleu", float("-inf")) for n in seeds.values())
-
-        return max(by_rate, key=rank) if by_rate else {}
-
-    rskip_lams = sorted({_lam(r) for r in runs.values() if r["residual_scheme"] == "rskip_ln"}, key=float)
-    pairs = [(("rskip_ln", lam), ("xskip_ln", lam), "the recursion") for lam in rskip_lams]
-    pairs += [(("rskip_ln", big), ("rskip_ln", small), "λ") for small, big in zip(rskip_lams, rskip_lams[1:])]
-    pairs += [(("rskip_ln", lam), ("pre_ln", "1"), "pre-norm") for lam in rskip_lams]
     lines: list[str] = []
-    for system, baseline, what in pairs:
-        mine_runs, their_runs = chosen(*system), chosen(*baseline)
-        seeds = sorted(set(mine_runs) & set(their_runs))
-        if not seeds:
-            continue
-        if not lines:
-            lines = ["", "Head to head, paired by seed (each scheme at its rate with the most seeds, then by "
-                     "validation BLEU): the recursion (rSkip+LN against xSkip+LN of the same λ), λ, and Pre-LN:", "",
-                     "| comparison | lr | seed | first | second | difference | paired bootstrap p |",
-                     "|---|---|---|---|---|---|---|"]
-        mine_label, their_label = (Variant(scheme, float(lam)).label for scheme, lam in (system, baseline))
-        label = f"{mine_label} vs {their_label} ({what})"
-        deltas = []
-        for seed in seeds:
-            mine, theirs = runs[mine_runs[seed]], runs[their_runs[seed]]
-            test = paired_bootstrap(hypotheses[their_runs[seed]], hypotheses[mine_runs[seed]], references)
-            deltas.append(mine["test_bleu"] - theirs["test_bleu"])
-            lines.append(f"| {label} | {_lr(mine)} / {_lr(theirs)} | {seed} | {mine['test_bleu']:.2f} | "
-                         f"{theirs['test_bleu']:.2f} | {deltas[-1]:+.2f} | {test['p_value']:.3f} |")
-        if len(deltas) > 1:
-            lines.append(f"| {label} | | all {len(deltas)} | | | {statistics.fmean(deltas):+.2f} ± "
-                         f"{statistics.stdev(deltas):.2f} | |")
+    for layers in sorted({group[0] for group in _groups(runs)}, key=_depth_order):
+        rskip_lams = sorted({_lam(r) for r in runs.values()
+                             if r["residual_scheme"] == "rskip_ln" and _layers(r) == layers}, key=float)
+        pairs = [(("rskip_ln", lam), ("xskip_ln", lam), "the recursion") for lam in rskip_lams]
+        pairs += [(("rskip_ln", big), ("rskip_ln", small), "λ") for small, big in zip(rskip_lams, rskip_lams[1:])]
+        pairs += [(("rskip_ln", lam), ("pre_ln", "1"), "pre-norm") for lam in rskip_lams]
+        for system, baseline, what in pairs:
+            mine_runs = _chosen(runs, hypotheses, layers, *system)
+            their_runs = _chosen(runs, hypotheses, layers, *baseline)
+            seeds = sorted(set(mine_runs) & set(their_runs))
+            if not seeds:
+                continue
+            if not lines:
+                lines = ["", "Head to head, paired by seed and depth (each scheme at its rate with the most seeds, "
+                         "then by validation BLEU): the recursion (rSkip+LN against xSkip+LN of the same λ), λ, and "
+                         "Pre-LN:", "",
+                         "| layers | comparison | lr | seed | first | second | difference | paired bootstrap p |",
+                         "|---|---|---|---|---|---|---|---|"]
+            mine_label, their_label = (Variant(scheme, float(lam)).label for scheme, lam in (system, baseline))
+            label = f"{layers} | {mine_label} vs {their_label} ({what})"
+            deltas = []
+            for seed in seeds:
+                mine, theirs = runs[mine_runs[seed]], runs[their_runs[seed]]
+                test = paired_bootstrap(hypotheses[their_runs[seed]], hypotheses[mine_runs[seed]], references)
+                deltas.append(mine["test_bleu"] - theirs["test_bleu"])
+                lines.append(f"| {label} | {_lr(mine)} / {_lr(theirs)} | {seed} | {mine['test_bleu']:.2f} | "
+                             f"{theirs['test_bleu']:.2f} | {deltas[-1]:+.2f} | {test['p_value']:.3f} |")
+            if len(deltas) > 1:
+                lines.append(f"| {label} | | all {len(deltas)} | | | {statistics.fmean(deltas):+.2f} ± "
+                             f"{statistics.stdev(deltas):.2f} | |")
     return lines
 
 
@@ -150,21 +180,22 @@ def report(folder: Path) -> str:
     test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
     references = [pair["de"] for pair in test["translation"]]
     hypotheses = {name: h for name in runs if (h := _hypotheses(folder, name)) is not None}  # read once
-    baselines = {r["seed"]: name for name, r in runs.items() if r["residual_scheme"] == "post_ln"
-                 and name in hypotheses and not name.startswith("pilot")}
+    # (layers, seed) → Post-LN's run at its chosen rate for that depth
+    baselines = {(layers, seed): name for layers in {group[0] for group in _groups(runs)}
+                 for seed, name in _chosen(runs, hypotheses, layers, "post_ln", "1").items()}
     lines = ["# Multi30k EN→DE recipe runs (test_2016_flickr, sacreBLEU 13a)", "",
-             "| run | scheme | λ | lr | seed | test BLEU | test chrF | val BLEU | training (min) | threads "
-             "| vs Post-LN, same seed (paired bootstrap) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| run | layers | scheme | λ | lr | seed | test BLEU | test chrF | val BLEU | training (min) | threads "
+             "| vs Post-LN, same layers and seed (paired bootstrap) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     versus_post_ln: dict[str, dict[str, float]] = {}  # run name → paired bootstrap against Post-LN, same seed
     for name, r in runs.items():
         versus = ""
-        base = baselines.get(r["seed"])
+        base = baselines.get((_layers(r), r["seed"]))
         if base is not None and base != name and name in hypotheses:
             test_result = versus_post_ln[name] = paired_bootstrap(hypotheses[base], hypotheses[name], references)
             versus = f"{test_result['delta']:+.2f} BLEU, p = {test_result['p_value']:.3f}"
         minutes = r.get("train_runtime", float("nan")) / 60
-        lines.append(f"| {name} | {r['residual_scheme']} | {_lam(r)} | {_lr(r)} | {r['seed']} | "
+        lines.append(f"| {name} | {_layers(r)} | {r['residual_scheme']} | {_lam(r)} | {_lr(r)} | {r['seed']} | "
                      f"{r['test_bleu']:.2f} | {r['test_chrf']:.2f} | {r.get('eval_bleu', float('nan')):.2f} | "
                      f"{minutes:.1f} | {r.get('threads', '?')} | {versus} |")
     lines += _by_scheme(runs, baselines, versus_post_ln)

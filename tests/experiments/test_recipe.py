@@ -24,13 +24,13 @@ def test_report_tables_runs_and_tests_each_against_post_ln(shared_data, tmp_path
         (tmp_path / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
     (tmp_path / "post-ablation.json").write_text(json.dumps({"averaged_greedy": 33.3}))
     text = report(tmp_path)
-    rskip_row = next(line for line in text.splitlines() if line.startswith("| rskip |"))
+    rskip_row = next(line for line in text.splitlines() if line.startswith("| rskip | 3+3 |"))
     assert "| rskip_ln | 2 | 0.0015 | 42 | 70.00 |" in rskip_row and "p = 0.001" in rskip_row
     assert rskip_row.split("|")[-2].strip().startswith("-")  # worse than Post-LN
     assert "- post: averaged greedy 33.30" in text
     # over seeds: mean ± std, the seed-paired difference to Post-LN, and each seed's bootstrap p-value
-    assert "| post_ln | 1 | 0.0015 | 1, 42 | 100.00 ± 0.00 |  |  |" in text
-    assert "| rskip_ln | 2 | 0.0015 | 1, 42 | 72.00 ± 2.83 | -28.00 ± 2.83 (2 seeds) | 0.001, 0.001 |" in text
+    assert "| 3+3 | post_ln | 1 | 0.0015 | 1, 42 | 100.00 ± 0.00 |  |  |" in text
+    assert "| 3+3 | rskip_ln | 2 | 0.0015 | 1, 42 | 72.00 ± 2.83 | -28.00 ± 2.83 (2 seeds) | 0.001, 0.001 |" in text
 
 
 def test_report_sets_rskip_against_xskip_of_the_same_lambda_seed_by_seed(shared_data, tmp_path: Path) -> None:
@@ -52,12 +52,12 @@ def test_report_sets_rskip_against_xskip_of_the_same_lambda_seed_by_seed(shared_
             "eval_bleu": bleu, "train_runtime": 600.0, "threads": 1, "options": {"learning_rate": lr}}))
         (tmp_path / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
     lines = report(tmp_path).splitlines()
-    label = "| rSkip+LN λ=2 vs xSkip+LN λ=2 (the recursion) |"
+    label = "| 3+3 | rSkip+LN λ=2 vs xSkip+LN λ=2 (the recursion) |"
     rows = [line for line in lines if line.startswith(label)]
     assert rows == [f"{label} 0.003 / 0.003 | 1 | 100.00 | 70.00 | +30.00 | 0.001 |",
                     f"{label} 0.003 / 0.003 | 2 | 100.00 | 72.00 | +28.00 | 0.001 |",
                     f"{label} | all 2 | | | +29.00 ± 1.41 | |"]
-    assert "| xskip_ln | 2 | 0.003 | 1, 2, 3 |" in "\n".join(lines)  # by scheme: λ printed as 2, not 2.0
+    assert "| 3+3 | xskip_ln | 2 | 0.003 | 1, 2, 3 |" in "\n".join(lines)  # by scheme: λ printed as 2, not 2.0
 
 
 def test_report_picks_between_single_seed_rates_by_validation_bleu(shared_data, tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_report_picks_between_single_seed_rates_by_validation_bleu(shared_data, 
             "residual_scheme": scheme, "skip_lambda": 2, "seed": 42, "test_bleu": test_bleu, "test_chrf": 90.0,
             "eval_bleu": val, "train_runtime": 600.0, "threads": 1, "options": {"learning_rate": lr}}))
         (tmp_path / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
-    assert ("| rSkip+LN λ=2 vs xSkip+LN λ=2 (the recursion) | 0.003 / 0.003 | 42 | 100.00 | 70.00 | +30.00 | "
+    assert ("| 3+3 | rSkip+LN λ=2 vs xSkip+LN λ=2 (the recursion) | 0.003 / 0.003 | 42 | 100.00 | 70.00 | +30.00 | "
             "0.001 |") in report(tmp_path)
 
 
@@ -104,8 +104,44 @@ def test_report_sets_rskip_against_the_smaller_lambda_and_pre_ln(shared_data, tm
             "eval_bleu": bleu, "train_runtime": 600.0, "threads": 1, "options": {"learning_rate": lr}}))
         (tmp_path / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
     text = report(tmp_path)
-    assert "| rSkip+LN λ=3 vs rSkip+LN λ=2 (λ) | 0.003 / 0.003 | 1 | 100.00 | 70.00 | +30.00 | 0.001 |" in text
-    assert "| rSkip+LN λ=3 vs rSkip+LN λ=2 (λ) | | all 2 | | | +29.00 ± 1.41 | |" in text
-    assert "| rSkip+LN λ=2 vs Pre-LN (pre-norm) | 0.003 / 0.0015 | 2 | 71.00 | 100.00 | -29.00 | " in text
-    assert "| rSkip+LN λ=3 vs Pre-LN (pre-norm) | 0.003 / 0.0015 | 1 | 100.00 | 100.00 | +0.00 | " in text
+    assert "| 3+3 | rSkip+LN λ=3 vs rSkip+LN λ=2 (λ) | 0.003 / 0.003 | 1 | 100.00 | 70.00 | +30.00 | 0.001 |" in text
+    assert "| 3+3 | rSkip+LN λ=3 vs rSkip+LN λ=2 (λ) | | all 2 | | | +29.00 ± 1.41 | |" in text
+    assert "| 3+3 | rSkip+LN λ=2 vs Pre-LN (pre-norm) | 0.003 / 0.0015 | 2 | 71.00 | 100.00 | -29.00 | " in text
+    assert "| 3+3 | rSkip+LN λ=3 vs Pre-LN (pre-norm) | 0.003 / 0.0015 | 1 | 100.00 | 100.00 | +0.00 | " in text
     assert "(the recursion)" not in text  # no xSkip+LN runs: nothing to pair with
+
+
+def test_report_compares_runs_only_within_one_depth(shared_data, tmp_path: Path) -> None:
+    from hf_rskip.data import clean_pairs, load_recipe
+
+    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
+    references = [pair["de"] for pair in test["translation"]]
+    worse = [" ".join(line.split()[:-2]) for line in references]
+    # 3+3 from the preset (no layer options), 6+6 from --encoder_layers/--decoder_layers. At 6+6 Post-LN ran at two
+    # rates: 1.5e-3 over two seeds is its chosen rate (the baseline), 3e-3 (one seed) is not, though its test BLEU is
+    # higher; a 6+6 run is never measured against a 3+3 one (the 3+3 Post-LN translates perfectly)
+    deep = {"encoder_layers": 6, "decoder_layers": 6}
+    runs = [("post", "post_ln", 1, 1.5e-3, 42, {}, references),
+            ("d6-post-lo", "post_ln", 1, 1.5e-3, 42, deep, worse),
+            ("d6-post-lo-s1", "post_ln", 1, 1.5e-3, 1, deep, worse),
+            ("d6-post-hi", "post_ln", 1, 3e-3, 42, deep, references),
+            ("d6-rskip", "rskip_ln", 2, 3e-3, 42, deep, worse),
+            ("d6-rskip-s1", "rskip_ln", 2, 3e-3, 1, deep, references)]
+    for name, scheme, lam, lr, seed, layers, hypotheses in runs:
+        bleu = 100.0 if hypotheses is references else 70.0
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "residual_scheme": scheme, "skip_lambda": lam, "seed": seed, "test_bleu": bleu, "test_chrf": 90.0,
+            "eval_bleu": bleu, "train_runtime": 600.0, "threads": 1,
+            "options": {"learning_rate": lr, "preset": "small", **layers}}))
+        (tmp_path / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
+    lines = report(tmp_path).splitlines()
+    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
+    assert rows["post"].startswith("| post | 3+3 | post_ln |") and rows["post"].endswith("|  |")
+    # against d6-post-lo (the same hypotheses); against the 3+3 Post-LN it would be about -28
+    assert rows["d6-rskip"].startswith("| d6-rskip | 6+6 | rskip_ln |") and "| +0.00 BLEU, p = " in rows["d6-rskip"]
+    assert rows["d6-post-hi"].split("|")[-2].strip().startswith("+27.")
+    # by scheme: one row per depth, scheme, λ and rate, shallow first; 6+6 differences paired with 6+6 Post-LN
+    by_scheme = [line for line in lines if line.startswith(("| 3+3 | ", "| 6+6 | "))]
+    assert by_scheme[0].startswith("| 3+3 | post_ln | 1 | 0.0015 | 42 | 100.00 |")
+    assert any(line.startswith("| 6+6 | rskip_ln | 2 | 0.003 | 1, 42 | 85.00 ± 21.21 | +15.00 ± 21.21 (2 seeds) |")
+               for line in by_scheme)
