@@ -176,6 +176,24 @@ def test_aggregate_compare_and_table():
     assert "n/a (1 seed)" in table and "(1 diverged)" in table
 
 
+def test_vision_rows_pair_seeds_with_the_reference():
+    """Images have no per-sentence bootstrap: the table pairs each seed with the reference's same seed instead."""
+    results = [{**_final("vision", "resnet-20", "xskip-1", s, m), "metric_name": "accuracy"}
+               for s, m in ((0, 70.0), (1, 68.0), (2, 69.0))]
+    # seed 3 has no reference run: it counts in the mean but not in the pairing
+    results += [{**_final("vision", "resnet-20", "rskip_ln-2", s, m), "metric_name": "accuracy"}
+                for s, m in ((0, 69.0), (1, 68.5), (2, 69.0), (3, 50.0))]
+    rows = compare_to_reference(aggregate(results))
+    by = {r["variant"]: r for r in rows}
+    assert by["rskip_ln-2"]["seed_deltas"] == [{"seed": 0, "delta": -1.0}, {"seed": 1, "delta": 0.5},
+                                               {"seed": 2, "delta": 0.0}]
+    assert by["xskip-1"]["seed_deltas"] == []  # the reference itself
+    table = markdown_table(rows)
+    assert "| per-seed Δ (paired mean ± std) |" in table
+    row = next(line for line in table.splitlines() if line.startswith("| resnet-20 | rSkip+LN λ=2 |"))
+    assert row.endswith("| 4 | -4.88 | no | -1.00, +0.50, +0.00 (-0.17 ± 0.76) |")
+
+
 def test_plots_are_written(tmp_path):
     results = [_final("text", d, v, s, 10.0 + s) for d in ("3+3", "12+12") for v in ("post_ln", "rskip_ln-2")
                for s in (0, 1)]
