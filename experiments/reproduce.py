@@ -990,7 +990,7 @@ def compare_to_reference(rows: Sequence[Mapping[str, Any]], reference: Mapping[s
         new = dict(row)
         new["reference"] = ref_key
         new["seed_deltas"] = []
-        if ref is not None and ref is not row and "seeds" in row and "seeds" in ref:
+        if ref is not None and ref is not row:
             ref_values = dict(zip(ref["seeds"], ref["values"]))
             new["seed_deltas"] = [{"seed": seed, "delta": value - ref_values[seed]}
                                   for seed, value in zip(row["seeds"], row["values"]) if seed in ref_values]
@@ -1048,8 +1048,9 @@ def add_significance(rows: Sequence[Mapping[str, Any]], results: Sequence[Mappin
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A markdown table per task: mean ± std over seeds, the learning rate chosen, Δ vs the reference and whether Δ
-    exceeds the seed spread.
+    """A markdown table per task: mean ± std over seeds, the learning rate chosen, Δ vs the reference, whether Δ
+    exceeds the seed spread, and the per-seed Δ with their paired mean ± std (``*``: that seed's paired bootstrap,
+    where there is one, gives p < 0.05).
 
     Args:
         rows: the output of :func:`compare_to_reference`.
@@ -1062,10 +1063,11 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
         name = task_rows[0]["metric_name"]
         ref = Variant.parse(task_rows[0]["reference"]).label if task_rows[0].get("reference") else "reference"
         title = "Multi30k EN→DE, test_2016_flickr BLEU" if task == "text" else "CIFAR-10 test accuracy (%)"
-        lines += [f"### {title}", "",
-                  f"| depth | scheme | lr | {name} (mean ± std) | seeds | Δ vs {ref} | Δ > seed spread? | "
-                  + ("paired bootstrap, p < 0.05 (per-seed Δ) |" if task == "text" else
-                     "per-seed Δ (paired mean ± std) |"),
+        lines += [f"### {title}", ""]
+        if any(r.get("bootstrap") for r in task_rows):
+            lines += ["Per-seed Δ marked * differ at p < 0.05 by sacreBLEU's paired bootstrap on the test outputs.", ""]
+        lines += [f"| depth | scheme | lr | {name} (mean ± std) | seeds | Δ vs {ref} | Δ > seed spread? | "
+                  "per-seed Δ (paired mean ± std) |",
                   "|---|---|---|---|---|---|---|---|"]
         for row in task_rows:
             std = "–" if math.isnan(row["std"]) else f"{row['std']:.2f}"
@@ -1077,19 +1079,15 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 delta = f"{row['delta']:+.2f}"
                 verdict = {True: "**yes**", False: "no", None: "n/a (1 seed)"}[row["beyond_spread"]]
             diverged = f" ({row['diverged']} diverged)" if row.get("diverged") else ""
-            tests = row.get("bootstrap")
-            paired = [d["delta"] for d in row.get("seed_deltas") or []]
-            if tests:
-                bootstrap = (f"{row['significant_seeds']}/{len(tests)} seeds ("
-                             + ", ".join(f"{t['delta']:+.1f}{'*' if t['p_value'] < 0.05 else ''}" for t in tests) + ")")
-            elif paired and task != "text":  # text without hypotheses keeps "–": its column is the bootstrap's
-                mean, spread = _mean_std(paired)
-                bootstrap = ", ".join(f"{d:+.2f}" for d in paired) + (
-                    f" ({mean:+.2f} ± {spread:.2f})" if len(paired) > 1 else "")
-            else:
-                bootstrap = "–"
+            significant = {t["seed"] for t in row.get("bootstrap") or [] if t["p_value"] < 0.05}
+            paired = row.get("seed_deltas") or []
+            per_seed = "–"
+            if paired:
+                mean, spread = _mean_std([d["delta"] for d in paired])
+                per_seed = ", ".join(f"{d['delta']:+.2f}{'*' if d['seed'] in significant else ''}" for d in paired)
+                per_seed += f" ({mean:+.2f} ± {spread:.2f})" if len(paired) > 1 else ""
             lines.append(f"| {row['depth']} | {row['label']}{diverged} | {row['learning_rate']:g} | "
-                         f"{row['mean']:.2f} ± {std} | {row['n']} | {delta} | {verdict} | {bootstrap} |")
+                         f"{row['mean']:.2f} ± {std} | {row['n']} | {delta} | {verdict} | {per_seed} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -279,3 +279,15 @@ def test_trainability_map_micro_run_records_divergence_and_gradient_ratios(tmp_p
     assert math.isfinite(cells[("post_ln", "2+2", 1e-3)]["ratio_init_decoder"])
     assert (tmp_path / "trainability_map.png").stat().st_size > 0
     assert "Trainability map" in (tmp_path / "table.md").read_text()
+
+
+def test_text_rows_mark_the_seeds_the_bootstrap_calls_significant():
+    results = [_final("text", "3+3", "post_ln", s, m) for s, m in ((0, 20.0), (1, 22.0))]
+    results += [_final("text", "3+3", "rskip_ln-2", s, m) for s, m in ((0, 17.0), (1, 22.5))]
+    rows = compare_to_reference(aggregate(results))
+    rows = [{**r, "bootstrap": [{"seed": 0, "delta": -3.0, "p_value": 0.001}, {"seed": 1, "delta": 0.5,
+                                                                                  "p_value": 0.3}]}
+            if r["variant"] == "rskip_ln-2" else r for r in rows]
+    table = markdown_table(rows)
+    assert "marked * differ at p < 0.05" in table
+    assert "| -3.00*, +0.50 (-1.25 ± 2.47) |" in table
