@@ -81,15 +81,15 @@ def _groups(runs: dict[str, dict[str, Any]]) -> dict[Group, list[str]]:
     return dict(sorted(groups.items(), key=lambda item: (_depth_order(item[0][0]), item[0][1:])))
 
 
-def _chosen(runs: dict[str, dict[str, Any]], hypotheses: dict[str, list[str]], layers: str, scheme: str,
-            lam: str) -> dict[Any, str]:
+def _chosen(runs: dict[str, dict[str, Any]], groups: dict[Group, list[str]], hypotheses: dict[str, list[str]],
+            layers: str, scheme: str, lam: str) -> dict[Any, str]:
     """Seed → run name of a scheme at its chosen rate for one depth, among runs with test hypotheses: the rate
     run over the most seeds; between rates of equally many seeds, the best mean validation BLEU (the rule the rates
     were chosen by; the test set never chooses)."""
     import statistics
 
     by_rate = [{runs[n]["seed"]: n for n in names if n in hypotheses}
-               for (depth, s, lm, _), names in _groups(runs).items() if (depth, s, lm) == (layers, scheme, lam)]
+               for (depth, s, lm, _), names in groups.items() if (depth, s, lm) == (layers, scheme, lam)]
     by_rate = [seeds for seeds in by_rate if seeds]
 
     def rank(seeds: dict[Any, str]) -> tuple[int, float]:
@@ -98,14 +98,13 @@ def _chosen(runs: dict[str, dict[str, Any]], hypotheses: dict[str, list[str]], l
     return max(by_rate, key=rank) if by_rate else {}
 
 
-def _by_scheme(runs: dict[str, dict[str, Any]], baselines: dict[tuple[str, Any], str],
+def _by_scheme(runs: dict[str, dict[str, Any]], groups: dict[Group, list[str]], baselines: dict[tuple[str, Any], str],
                versus_post_ln: dict[str, dict[str, float]]) -> list[str]:
     """Runs of one depth, scheme, λ and rate over seeds (pilots left out): mean ± std of test BLEU and, against
     the Post-LN run of each seed and depth (``baselines``: (layers, seed) → run name), the paired difference over
     seeds and every seed's paired-bootstrap p-value (``versus_post_ln``: run name → the main table's bootstrap)."""
     import statistics
 
-    groups = _groups(runs)
     if not any(len(names) > 1 for names in groups.values()):
         return []
     lines = ["", "By scheme, over seeds (mean ± sample std; the difference to Post-LN is paired by seed):", "",
@@ -123,12 +122,12 @@ def _by_scheme(runs: dict[str, dict[str, Any]], baselines: dict[tuple[str, Any],
         elif deltas:
             versus = f"{statistics.fmean(deltas):+.2f} ± {statistics.stdev(deltas):.2f} ({len(deltas)} seeds)"
         seeds = ", ".join(str(runs[n]["seed"]) for n in names)
-        lines.append(f"| {layers} | {scheme} | {lam} | {lr} | {seeds} | {statistics.fmean(bleus):.2f}{spread} | {versus} | "
-                     f"{', '.join(p_values)} |")
+        lines.append(f"| {layers} | {scheme} | {lam} | {lr} | {seeds} | {statistics.fmean(bleus):.2f}{spread} | "
+                     f"{versus} | {', '.join(p_values)} |")
     return lines
 
 
-def _head_to_head(runs: dict[str, dict[str, Any]], hypotheses: dict[str, list[str]],
+def _head_to_head(runs: dict[str, dict[str, Any]], groups: dict[Group, list[str]], hypotheses: dict[str, list[str]],
                   references: list[str]) -> list[str]:
     """The comparisons the paper's claims turn on, besides the one with Post-LN, paired by seed within each depth:
     rSkip+LN against xSkip+LN of the same λ (the recursion), rSkip+LN of each λ against the next smaller λ (what λ
@@ -139,15 +138,15 @@ def _head_to_head(runs: dict[str, dict[str, Any]], hypotheses: dict[str, list[st
     from experiments.reproduce import Variant, paired_bootstrap
 
     lines: list[str] = []
-    for layers in sorted({group[0] for group in _groups(runs)}, key=_depth_order):
+    for layers in dict.fromkeys(group[0] for group in groups):  # groups come shallow stacks first
         rskip_lams = sorted({_lam(r) for r in runs.values()
                              if r["residual_scheme"] == "rskip_ln" and _layers(r) == layers}, key=float)
         pairs = [(("rskip_ln", lam), ("xskip_ln", lam), "the recursion") for lam in rskip_lams]
         pairs += [(("rskip_ln", big), ("rskip_ln", small), "λ") for small, big in zip(rskip_lams, rskip_lams[1:])]
         pairs += [(("rskip_ln", lam), ("pre_ln", "1"), "pre-norm") for lam in rskip_lams]
         for system, baseline, what in pairs:
-            mine_runs = _chosen(runs, hypotheses, layers, *system)
-            their_runs = _chosen(runs, hypotheses, layers, *baseline)
+            mine_runs = _chosen(runs, groups, hypotheses, layers, *system)
+            their_runs = _chosen(runs, groups, hypotheses, layers, *baseline)
             seeds = sorted(set(mine_runs) & set(their_runs))
             if not seeds:
                 continue
@@ -181,8 +180,9 @@ def report(folder: Path) -> str:
     references = [pair["de"] for pair in test["translation"]]
     hypotheses = {name: h for name in runs if (h := _hypotheses(folder, name)) is not None}  # read once
     # (layers, seed) → Post-LN's run at its chosen rate for that depth
-    baselines = {(layers, seed): name for layers in {group[0] for group in _groups(runs)}
-                 for seed, name in _chosen(runs, hypotheses, layers, "post_ln", "1").items()}
+    groups = _groups(runs)
+    baselines = {(layers, seed): name for layers in {group[0] for group in groups}
+                 for seed, name in _chosen(runs, groups, hypotheses, layers, "post_ln", "1").items()}
     lines = ["# Multi30k EN→DE recipe runs (test_2016_flickr, sacreBLEU 13a)", "",
              "| run | layers | scheme | λ | lr | seed | test BLEU | test chrF | val BLEU | training (min) | threads "
              "| vs Post-LN, same layers and seed (paired bootstrap) |",
@@ -198,8 +198,8 @@ def report(folder: Path) -> str:
         lines.append(f"| {name} | {_layers(r)} | {r['residual_scheme']} | {_lam(r)} | {_lr(r)} | {r['seed']} | "
                      f"{r['test_bleu']:.2f} | {r['test_chrf']:.2f} | {r.get('eval_bleu', float('nan')):.2f} | "
                      f"{minutes:.1f} | {r.get('threads', '?')} | {versus} |")
-    lines += _by_scheme(runs, baselines, versus_post_ln)
-    lines += _head_to_head(runs, hypotheses, references)
+    lines += _by_scheme(runs, groups, baselines, versus_post_ln)
+    lines += _head_to_head(runs, groups, hypotheses, references)
     ablations = sorted(folder.glob("*-ablation.json"))
     if ablations:
         lines += ["", "What averaging and beam search bought (test BLEU, the same run decoded again):", ""]
