@@ -201,9 +201,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(
         jobs=2, threads=1,
         # The Multi30k recipe (run_translation.py --recipe multi30k_en_de: d_model 256, 3+3, 8,000 joint BPE,
-        # 4,096-token batches, inverse-sqrt schedule, label smoothing 0.1, bf16 autocast, the last 3 checkpoints
-        # averaged, beam 5) at its full 1,000 steps, 3 seeds of 5 schemes at two depths. Each scheme's rate is
-        # chosen from the grid on full-budget seed-0 runs (validation NLL). Half the steps (500, 150 warm-up) is too
+        # 4,096-token batches, inverse-sqrt schedule, label smoothing 0.1, bf16 autocast where it is fast, the last 3
+        # checkpoints averaged, beam 5) at its full 1,000 steps, 3 seeds of 5 schemes at two depths. Each scheme's rate
+        # is chosen from the grid on full-budget seed-0 runs (validation NLL). Half the steps (500, 150 warm-up) is too
         # short: Post-LN seed 0 translated every test sentence the same (test BLEU 2.4; results/paper-cpu/superseded).
         text=dict(
             data=dict(max_train_pairs=None, max_valid_pairs=500, max_test_pairs=None, vocab_size=8000, max_length=64),
@@ -213,18 +213,18 @@ PRESETS: dict[str, dict[str, Any]] = {
             variants=[("post_ln", 1), ("pre_ln", 1), ("xskip_ln", 2), ("rskip_ln", 2), ("rskip_ln", 3)],
             seeds=[0, 1, 2], lr_grid=[1.5e-3, 3e-3], search_steps="final", steps=1000, warmup_steps=300,
             max_tokens=4096, dropout=0.1, label_smoothing=0.1, num_beams=5, length_penalty=1.0, eval_every=100,
-            lr_scheduler="inverse_sqrt", weight_decay=1e-4, average_last=3, average_every=100, mixed_precision="bf16",
+            lr_scheduler="inverse_sqrt", weight_decay=1e-4, average_last=3, average_every=100, mixed_precision="auto",
         ),
         # PreAct-ResNet-20 on the 4,000 exact CIFAR-10 training images to convergence: 100 epochs (3,200 steps of 128),
-        # SGD lr 0.1 (He et al.'s) with a cosine schedule, weight decay 5e-4, bf16 autocast and channels-last (2.4x
-        # faster here); the plain network passes 70% test accuracy there (a pilot: 70.0% after 80 epochs, 70.7% after
-        # 90). One rate for all three (the standard one; no search on 4,000 images).
+        # SGD lr 0.1 (He et al.'s) with a cosine schedule, weight decay 5e-4, bf16 autocast (where it is fast) and
+        # channels-last (2.4x faster on a CPU with AVX-512); the plain network passes 70% test accuracy there (a pilot:
+        # 70.0% after 80 epochs, 70.7% after 90). One rate for all three (the standard one; no search on 4,000 images).
         vision=dict(
             data=dict(max_train_images=None, max_test_images=None, held_out=500),
             depths={"resnet-20": dict(depth=20, hidden_sizes=[16, 32, 64])},
             variants=[("xskip", 1), ("rskip_ln", 2), ("rskip_ln", 2, "batch")],
             seeds=[0, 1, 2], lr_grid=[0.1], search_steps=0, steps=3200, warmup_steps=100, batch_size=128,
-            eval_every=640, weight_decay=5e-4, mixed_precision="bf16", channels_last=True,
+            eval_every=640, weight_decay=5e-4, mixed_precision="auto", channels_last=True,
         ),
         grad=dict(text_size=_text_size(64, 18), resnet_depth=110, steps=30, batch_pairs=64, resnet_batch=32,
                   text_lr=5e-4, vision_lr=0.05, variants=_TEXT_VARIANTS),
@@ -563,13 +563,17 @@ def prepare_text_data(settings: Mapping[str, Any], cache_dir: Path) -> TextData:
 
 def _accelerator(mixed_precision: str | None = None) -> Any:
     """One Accelerator setting for every run: bf16 autocast on a GPU; on a CPU what the preset says (default fp32;
-    bf16 autocast pays on CPUs with AVX-512 BF16: 1.5x faster training steps at d_model 256 here)."""
+    ``"auto"``: bf16 where the CPU has fast bf16 kernels, which gave 1.5x faster training steps at d_model 256 on
+    one with AVX-512, and fp32 on an AVX2-only CPU, where bf16 is ~30x slower)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
+    from hf_rskip.training.job import resolve_mixed_precision
+
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
     if mixed_precision is None:
-        mixed_precision = "bf16" if torch.cuda.is_available() else "no"
-    return Accelerator(mixed_precision=mixed_precision,
+        mixed_precision = "bf16" if device_type == "cuda" else "no"
+    return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision, device_type),
                        step_scheduler_with_optimizer=False,
                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
 

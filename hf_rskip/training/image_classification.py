@@ -228,7 +228,7 @@ class ImageClassificationJob(TrainingJob):
         results.update(depth=config.depth, hidden_sizes=list(config.hidden_sizes), block_norm=config.block_norm,
                        learning_rate=self.args.learning_rate, lr_scheduler_type=self.args.lr_scheduler_type,
                        per_device_train_batch_size=self.args.per_device_train_batch_size,
-                       mixed_precision=self.args.mixed_precision, label_names=self.names, **self.data_info)
+                       label_names=self.names, **self.data_info)
         self.log(f"eval_accuracy={results['eval_accuracy']:.4f} on {len(self.eval_split)} images")
         return results
 

@@ -86,6 +86,43 @@ def configure_threads(spec: str | int, *, num_processes: int = 1) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# Mixed precision
+# --------------------------------------------------------------------------------------------------
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether torch runs bfloat16 matrix products on this CPU in oneDNN's kernels (x86 with AVX-512 or AMX, Arm
+    with bf16), by the test torch itself applies when it dispatches them. Without (AVX2 only: AMD Zen 2, older
+    Intel), a bf16 product falls back to a scalar loop: a training step of the Multi30k recipe under bf16 autocast
+    took about 30x its float32 time on such a CPU (README, "Mixed precision")."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def cpu_model_name() -> str | None:
+    """The CPU's model name from /proc/cpuinfo ("AMD EPYC", "Intel(R) Xeon(R) ..."), None where there is none."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def resolve_mixed_precision(requested: str, device_type: str) -> str:
+    """The autocast precision a run uses: ``"auto"`` is bf16 on an accelerator (CUDA, XPU, MPS) and on a CPU with
+    fast bf16 kernels (:func:`cpu_has_fast_bf16`), else ``"no"`` (float32); the other values stand as given."""
+    if requested != "auto":
+        return requested
+    return "bf16" if device_type != "cpu" or cpu_has_fast_bf16() else "no"
+
+
+# --------------------------------------------------------------------------------------------------
 # The job
 # --------------------------------------------------------------------------------------------------
 
@@ -114,6 +151,7 @@ class TrainingJob:
         self.folder: RunFolder | None = None
         self.resume: Path | None = None
         self.threads = 0
+        self.mixed_precision = training_args.mixed_precision  # resolved ("auto" → bf16 or no) by make_accelerator
 
     # -- what a task supplies ------------------------------------------------------------------------
 
@@ -183,12 +221,21 @@ class TrainingJob:
         # notebook calling run_translation twice, a test session) are dropped; the process group is kept.
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
+        device_type = "cpu"
+        if has_device:
+            device_type = (torch.accelerator.current_accelerator().type if hasattr(torch, "accelerator")
+                           else "cuda")
+        self.mixed_precision = resolve_mixed_precision(args.mixed_precision, device_type)
+        if self.mixed_precision == "bf16" and device_type == "cpu" and not cpu_has_fast_bf16():
+            logger.warning("--mixed_precision bf16: this CPU has no fast bfloat16 kernels (no AVX-512 or AMX), so "
+                           "every bf16 matrix product takes torch's slow path (~30x a float32 step on an AVX2 CPU); "
+                           "--mixed_precision auto or no trains in float32 here")
         return Accelerator(
             # Without an accelerator device, a torchrun-style launch (`accelerate launch --multi_gpu`) must use CPU
             # DDP over gloo; otherwise every process would silently train alone.
             cpu=not has_device,
             gradient_accumulation_steps=args.gradient_accumulation_steps,
-            mixed_precision=args.mixed_precision,
+            mixed_precision=self.mixed_precision,
             log_with=args.report_to if args.with_tracking else None,
             project_dir=args.output_dir,
             # the loop steps the schedule once per optimizer step, whatever the number of processes
@@ -238,7 +285,7 @@ class TrainingJob:
         from ..models.residual import fp16_overflow_risk
         from .arguments import ArgumentError
 
-        if self.args.mixed_precision == "fp16":
+        if self.mixed_precision == "fp16":
             problem = fp16_overflow_risk(model.config)
             if problem:
                 raise ArgumentError(f"--mixed_precision fp16: {problem}")
@@ -249,8 +296,16 @@ class TrainingJob:
                                                             default=str) + "\n", encoding="utf-8")
 
     def hardware(self) -> str:
-        return (f"{self.accelerator.num_processes} × {self.accelerator.device.type} "
-                f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+        """The devices a run trained on, in words: the CPU's model name where /proc/cpuinfo gives one (run times and
+        the precision ``auto`` picks depend on it), the GPU's name on CUDA."""
+        device = self.accelerator.device
+        name = platform.processor() or platform.machine()
+        if device.type == "cuda":
+            name = torch.cuda.get_device_name(device)
+        else:
+            model = cpu_model_name()
+            name = f"{model}, {name}" if model else name
+        return f"{self.accelerator.num_processes} × {device.type} ({name}, {torch.get_num_threads()} threads)"
 
     def _train(self, model: nn.Module) -> tuple[nn.Module, LoopResult, dict[str, Any], int, str]:
         """Prepares optimizer, batches, task and schedule, and runs the loop."""
@@ -349,7 +404,8 @@ class TrainingJob:
         results.update(
             model_type=config.model_type, residual_scheme=config.residual_scheme, skip_lambda=config.skip_lambda,
             residual_norm=config.residual_norm, num_parameters=unwrapped.num_parameters(), seed=args.seed,
-            num_processes=accelerator.num_processes, threads=self.threads, hardware=self.hardware(), **facts,
+            num_processes=accelerator.num_processes, threads=self.threads, hardware=self.hardware(),
+            mixed_precision=self.mixed_precision, **facts,
             command=self.command, options=as_flat_dict(self.model_args, self.data_args, args),
         )
         if result is not None:
@@ -382,4 +438,4 @@ class TrainingJob:
         return results
 
 
-__all__ = ["TrainingJob", "busy_cores", "configure_threads"]
+__all__ = ["TrainingJob", "busy_cores", "configure_threads", "cpu_has_fast_bf16", "resolve_mixed_precision"]

@@ -165,7 +165,7 @@ class ImageClassificationTask:
         eval_dataloader: a prepared loader of ``(images, labels)`` scored at evaluations; None: no evaluation.
         accelerator: gathers evaluation predictions over processes.
         channels_last: hand the model NHWC batches (with a channels-last model: 1.4x faster convolutions on a CPU
-            here, 2.4x together with bf16 autocast).
+            with AVX-512, 2.4x together with bf16 autocast).
     """
 
     throughput_unit = "images"

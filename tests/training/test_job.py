@@ -384,6 +384,55 @@ def test_jobs_in_one_process_do_not_inherit_each_others_precision(tmp_path: Path
     assert second["train_steps"] == 1
 
 
+def test_mixed_precision_auto_is_bf16_only_where_the_hardware_runs_it_fast(monkeypatch) -> None:
+    from hf_rskip.training import job
+
+    for fast in (True, False):
+        monkeypatch.setattr(job, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        assert job.resolve_mixed_precision("auto", "cpu") == ("bf16" if fast else "no")
+        assert job.resolve_mixed_precision("auto", "cuda") == "bf16"
+        for given in ("no", "fp16", "bf16"):  # an explicit choice stands
+            assert job.resolve_mixed_precision(given, "cpu") == given
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_run_records_the_precision_auto_chose_and_its_card_names_it(fast, tmp_path: Path, monkeypatch) -> None:
+    from hf_rskip.training import job
+
+    monkeypatch.setattr(job, "cpu_has_fast_bf16", lambda: fast)
+    results = run_in_process("translation", "--output_dir", str(tmp_path / "out"), "--mixed_precision", "auto",
+                             "--max_train_steps", "1")
+    expected = "bf16" if fast else "no"
+    assert results["mixed_precision"] == expected and results["options"]["mixed_precision"] == "auto"
+    model_name = job.cpu_model_name()  # run times depend on the CPU: results name it where the system does
+    assert results["hardware"].startswith("1 × cpu (") and (model_name is None or model_name in results["hardware"])
+    assert f"mixed precision `{expected}`" in (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+
+
+def test_bf16_on_a_cpu_without_fast_bf16_warns_and_names_the_option(tmp_path: Path, monkeypatch, caplog) -> None:
+    """An explicit --mixed_precision bf16 is kept (it is correct, only slow), with a warning that says why and what
+    to pass instead; on a CPU with fast kernels there is no warning."""
+    from hf_rskip.training import job
+
+    for fast in (False, True):
+        monkeypatch.setattr(job, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hf_rskip.training.job"):
+            results = run_in_process("translation", "--output_dir", str(tmp_path / f"out-{fast}"),
+                                     "--mixed_precision", "bf16", "--max_train_steps", "1")
+        assert results["mixed_precision"] == "bf16"
+        warnings = [r.getMessage() for r in caplog.records if "no fast bfloat16 kernels" in r.getMessage()]
+        assert len(warnings) == (0 if fast else 1), warnings
+        if warnings:
+            assert warnings[0].startswith("--mixed_precision bf16:") and "--mixed_precision auto or no" in warnings[0]
+
+
+def test_the_multi30k_recipe_asks_for_bf16_only_where_it_is_fast() -> None:
+    from hf_rskip.data.recipes import recipe_hparams
+
+    assert recipe_hparams("local_multi30k_en_de")["mixed_precision"] == "auto"
+
+
 @pytest.mark.compile
 def test_translation_trains_with_torch_compile(tmp_path: Path) -> None:
     """--torch_compile trains the compiled model as eager trains it (no dropout, so both see the same numbers):
