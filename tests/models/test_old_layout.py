@@ -12,6 +12,11 @@ import torch
 
 from tests.conftest import FIXTURES
 
+# The expected logits were computed on another CPU (AVX-512): float32 kernels round differently from one instruction
+# set to another (5.6e-9 at most on an AVX2 CPU), so the comparison is float32's, not bit for bit. A weight that
+# failed to load, or a block wired differently, moves the logits by orders of magnitude more.
+FLOAT32_ACROSS_CPUS = dict(rtol=1.3e-6, atol=1e-5)
+
 
 def test_a_translation_model_saved_before_the_change_loads_and_gives_the_same_logits() -> None:
     from transformers import AutoModelForSeq2SeqLM
@@ -22,7 +27,7 @@ def test_a_translation_model_saved_before_the_change_loads_and_gives_the_same_lo
     model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
     assert isinstance(model, hf_rskip.RSkipForConditionalGeneration)
     logits = model(input_ids=torch.tensor([[5, 6, 7, 1]]), decoder_input_ids=torch.tensor([[0, 5, 9]])).logits
-    torch.testing.assert_close(logits, torch.load(folder / "expected_logits.pt"), rtol=0, atol=0)
+    torch.testing.assert_close(logits, torch.load(folder / "expected_logits.pt"), **FLOAT32_ACROSS_CPUS)
 
 
 def test_a_resnet_saved_before_the_change_loads_and_gives_the_same_logits() -> None:
@@ -35,7 +40,7 @@ def test_a_resnet_saved_before_the_change_loads_and_gives_the_same_logits() -> N
     assert isinstance(model, hf_rskip.RSkipResNetForImageClassification)
     pixels = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(model(pixel_values=pixels).logits, torch.load(folder / "expected_logits.pt"),
-                               rtol=0, atol=0)
+                               **FLOAT32_ACROSS_CPUS)
 
 
 def test_old_folders_load_as_remote_code_without_the_package() -> None:
@@ -75,4 +80,4 @@ def test_a_pre_ln_resnet_saved_with_unused_down_sampling_norms_loads_and_gives_t
     assert not any(n in stale for n, _ in model.named_parameters())
     pixels = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(model.eval()(pixel_values=pixels).logits, torch.load(folder / "expected_logits.pt"),
-                               rtol=0, atol=0)
+                               **FLOAT32_ACROSS_CPUS)
