@@ -4,7 +4,7 @@
 
 Every ``<name>.json`` in the folder is a ``run_translation.py`` results file; a ``<name>.test.txt`` beside it holds
 its test hypotheses (one per line, in test-set order). The table gives each run's scheme, rate, seed, test and
-validation BLEU, chrF, training minutes and threads, and its layers per stack (``--encoder_layers`` /
+validation BLEU, chrF, training minutes, threads and precision, and its layers per stack (``--encoder_layers`` /
 ``--decoder_layers``, else the preset's: the recipe's is 3+3). Runs are only ever compared with runs of the same
 layers and seed: runs with hypotheses with Post-LN's (at its chosen rate) by sacreBLEU's paired bootstrap (1,000
 resamples); where a scheme has several seeds, a second table gives its mean ± std and the seed-paired difference
@@ -49,6 +49,13 @@ def _lr(result: dict[str, Any]) -> str:
 def _lam(result: dict[str, Any]) -> str:
     """λ as written (xSkip's configs store a float, rSkip's an int: both print as ``2``)."""
     return f"{float(result['skip_lambda']):g}"
+
+
+def _precision(result: dict[str, Any]) -> str:
+    """The autocast precision the run used (``mixed_precision``; runs saved before it was recorded: their option,
+    which was never ``auto`` then)."""
+    used = result.get("mixed_precision") or (result.get("options") or {}).get("mixed_precision") or "?"
+    return "fp32" if used == "no" else used
 
 
 def _layers(result: dict[str, Any]) -> str:
@@ -185,8 +192,8 @@ def report(folder: Path) -> str:
                  for seed, name in _chosen(runs, groups, hypotheses, layers, "post_ln", "1").items()}
     lines = ["# Multi30k EN→DE recipe runs (test_2016_flickr, sacreBLEU 13a)", "",
              "| run | layers | scheme | λ | lr | seed | test BLEU | test chrF | val BLEU | training (min) | threads "
-             "| vs Post-LN, same layers and seed (paired bootstrap) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| precision | vs Post-LN, same layers and seed (paired bootstrap) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     versus_post_ln: dict[str, dict[str, float]] = {}  # run name → paired bootstrap against Post-LN, same seed
     for name, r in runs.items():
         versus = ""
@@ -197,7 +204,7 @@ def report(folder: Path) -> str:
         minutes = r.get("train_runtime", float("nan")) / 60
         lines.append(f"| {name} | {_layers(r)} | {r['residual_scheme']} | {_lam(r)} | {_lr(r)} | {r['seed']} | "
                      f"{r['test_bleu']:.2f} | {r['test_chrf']:.2f} | {r.get('eval_bleu', float('nan')):.2f} | "
-                     f"{minutes:.1f} | {r.get('threads', '?')} | {versus} |")
+                     f"{minutes:.1f} | {r.get('threads', '?')} | {_precision(r)} | {versus} |")
     lines += _by_scheme(runs, groups, baselines, versus_post_ln)
     lines += _head_to_head(runs, groups, hypotheses, references)
     ablations = sorted(folder.glob("*-ablation.json"))

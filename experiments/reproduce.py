@@ -564,7 +564,7 @@ def prepare_text_data(settings: Mapping[str, Any], cache_dir: Path) -> TextData:
 def _accelerator(mixed_precision: str | None = None) -> Any:
     """One Accelerator setting for every run: bf16 autocast on a GPU; on a CPU what the preset says (default fp32;
     ``"auto"``: bf16 where the CPU has fast bf16 kernels, which gave 1.5x faster training steps at d_model 256 on
-    one with AVX-512, and fp32 on an AVX2-only CPU, where bf16 is ~30x slower)."""
+    one with AVX-512, and fp32 on an AVX2-only CPU, where bf16 is 10-33x slower)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 

@@ -87,8 +87,8 @@ DATASET_RECIPES: dict[str, dict[str, Any]] = {
         # Tuned on this project's 2-core CPU (README, "A Multi30k recipe"): the 'small' size (d_model 256, 3+3, FFN
         # 1024, 7.8M parameters), 1,000 steps of 4,096 tokens (about 8 epochs) at a peak rate of 1.5e-3 after 300
         # warm-up steps, light regularisation (dropout 0.1) for a short run, bf16 autocast where it is fast
-        # (mixed_precision "auto": GPUs, and CPUs with AVX-512 or AMX, where it gave 2x; float32 on AVX2-only CPUs,
-        # where bf16 is ~40x slower), the last 3 of the checkpoints every 100 steps averaged, beam 5.
+        # (mixed_precision "auto": GPUs, and CPUs with AVX-512 or AMX, where it gave 1.5-2x; float32 on AVX2-only
+        # CPUs, where bf16 is 33x slower), the last 3 of the checkpoints every 100 steps averaged, beam 5.
         "hparams": dict(preset="small", max_tokens=4096, learning_rate=1.5e-3, lr_scheduler_type="inverse_sqrt",
                         num_warmup_steps=300, max_train_steps=1000, adam_beta1=0.9, adam_beta2=0.98,
                         weight_decay=1e-4, label_smoothing=0.1, dropout=0.1, mixed_precision="auto",

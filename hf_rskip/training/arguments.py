@@ -120,7 +120,7 @@ class RunArguments:
     max_grad_norm: float = field(default=1.0, metadata=_help("clip the gradient norm to this (0: no clipping)"))
     gradient_accumulation_steps: int = field(default=1, metadata=_help("micro-batches per optimizer step"))
     mixed_precision: Literal["no", "fp16", "bf16", "auto"] = field(default="no", metadata=_help(
-        "autocast precision: bf16 (GPUs; CPUs with AVX-512 or AMX, elsewhere ~30x slower than no), fp16 (GPUs), "
+        "autocast precision: bf16 (GPUs; CPUs with AVX-512 or AMX, elsewhere 10-33x slower than no), fp16 (GPUs), "
         "no (float32), or auto: bf16 where it is fast, else no"))
     torch_compile: bool = field(default=False, metadata=_help("train the torch.compile'd model"))
     per_device_eval_batch_size: int = field(default=64, metadata=_help("evaluation batch size per process"))

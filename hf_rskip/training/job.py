@@ -94,7 +94,7 @@ def cpu_has_fast_bf16() -> bool:
     """Whether torch runs bfloat16 matrix products on this CPU in oneDNN's kernels (x86 with AVX-512 or AMX, Arm
     with bf16), by the test torch itself applies when it dispatches them. Without (AVX2 only: AMD Zen 2, older
     Intel), a bf16 product falls back to a scalar loop: a training step of the Multi30k recipe under bf16 autocast
-    took about 30x its float32 time on such a CPU (README, "Mixed precision")."""
+    took 33x its float32 time on such a CPU, a ResNet-20 step 10x (README, "Mixed precision")."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN
@@ -228,7 +228,7 @@ class TrainingJob:
         self.mixed_precision = resolve_mixed_precision(args.mixed_precision, device_type)
         if self.mixed_precision == "bf16" and device_type == "cpu" and not cpu_has_fast_bf16():
             logger.warning("--mixed_precision bf16: this CPU has no fast bfloat16 kernels (no AVX-512 or AMX), so "
-                           "every bf16 matrix product takes torch's slow path (~30x a float32 step on an AVX2 CPU); "
+                           "every bf16 matrix product takes torch's slow path (10-33x a float32 step on an AVX2 CPU); "
                            "--mixed_precision auto or no trains in float32 here")
         return Accelerator(
             # Without an accelerator device, a torchrun-style launch (`accelerate launch --multi_gpu`) must use CPU

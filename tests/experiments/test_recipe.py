@@ -145,3 +145,23 @@ def test_report_compares_runs_only_within_one_depth(shared_data, tmp_path: Path)
     assert by_scheme[0].startswith("| 3+3 | post_ln | 1 | 0.0015 | 42 | 100.00 |")
     assert any(line.startswith("| 6+6 | rskip_ln | 2 | 0.003 | 1, 42 | 85.00 ± 21.21 | +15.00 ± 21.21 (2 seeds) |")
                for line in by_scheme)
+
+
+def test_each_run_shows_the_precision_it_trained_in(shared_data, tmp_path: Path) -> None:
+    """Runs of the recipe trained in bf16 where the CPU had fast bf16 kernels and in float32 elsewhere: the table says
+    which, from the precision recorded (``mixed_precision``), else the option (older runs), else ``?``."""
+    from hf_rskip.data import clean_pairs, load_recipe
+
+    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
+    references = [pair["de"] for pair in test["translation"]]
+    for name, seed, recorded in (("post-bf16", 42, {"options": {"learning_rate": 1.5e-3, "mixed_precision": "bf16"}}),
+                                 ("post-fp32", 1, {"mixed_precision": "no",
+                                                   "options": {"learning_rate": 1.5e-3, "mixed_precision": "auto"}}),
+                                 ("post-old", 2, {"options": {"learning_rate": 1.5e-3}})):
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "residual_scheme": "post_ln", "skip_lambda": 1, "seed": seed, "test_bleu": 100.0, "test_chrf": 90.0,
+            "eval_bleu": 100.0, "train_runtime": 600.0, "threads": 2, **recorded}))
+        (tmp_path / f"{name}.test.txt").write_text("\n".join(references) + "\n")
+    rows = {line.split("|")[1].strip(): line.split("|")[12].strip() for line in report(tmp_path).splitlines()
+            if line.startswith("| post-")}
+    assert rows == {"post-bf16": "bf16", "post-fp32": "fp32", "post-old": "?"}
