@@ -151,7 +151,6 @@ class TrainingJob:
         self.folder: RunFolder | None = None
         self.resume: Path | None = None
         self.threads = 0
-        self.mixed_precision = training_args.mixed_precision  # resolved ("auto" → bf16 or no) by make_accelerator
 
     # -- what a task supplies ------------------------------------------------------------------------
 
@@ -225,8 +224,8 @@ class TrainingJob:
         if has_device:
             device_type = (torch.accelerator.current_accelerator().type if hasattr(torch, "accelerator")
                            else "cuda")
-        self.mixed_precision = resolve_mixed_precision(args.mixed_precision, device_type)
-        if self.mixed_precision == "bf16" and device_type == "cpu" and not cpu_has_fast_bf16():
+        mixed_precision = resolve_mixed_precision(args.mixed_precision, device_type)
+        if mixed_precision == "bf16" and device_type == "cpu" and not cpu_has_fast_bf16():
             logger.warning("--mixed_precision bf16: this CPU has no fast bfloat16 kernels (no AVX-512 or AMX), so "
                            "every bf16 matrix product takes torch's slow path (10-33x a float32 step on an AVX2 CPU); "
                            "--mixed_precision auto or no trains in float32 here")
@@ -235,7 +234,7 @@ class TrainingJob:
             # DDP over gloo; otherwise every process would silently train alone.
             cpu=not has_device,
             gradient_accumulation_steps=args.gradient_accumulation_steps,
-            mixed_precision=self.mixed_precision,
+            mixed_precision=mixed_precision,  # the precision used: accelerator.mixed_precision from here on
             log_with=args.report_to if args.with_tracking else None,
             project_dir=args.output_dir,
             # the loop steps the schedule once per optimizer step, whatever the number of processes
@@ -285,7 +284,7 @@ class TrainingJob:
         from ..models.residual import fp16_overflow_risk
         from .arguments import ArgumentError
 
-        if self.mixed_precision == "fp16":
+        if self.accelerator.mixed_precision == "fp16":
             problem = fp16_overflow_risk(model.config)
             if problem:
                 raise ArgumentError(f"--mixed_precision fp16: {problem}")
@@ -405,7 +404,7 @@ class TrainingJob:
             model_type=config.model_type, residual_scheme=config.residual_scheme, skip_lambda=config.skip_lambda,
             residual_norm=config.residual_norm, num_parameters=unwrapped.num_parameters(), seed=args.seed,
             num_processes=accelerator.num_processes, threads=self.threads, hardware=self.hardware(),
-            mixed_precision=self.mixed_precision, **facts,
+            mixed_precision=accelerator.mixed_precision, **facts,
             command=self.command, options=as_flat_dict(self.model_args, self.data_args, args),
         )
         if result is not None:

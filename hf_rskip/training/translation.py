@@ -343,7 +343,7 @@ class TranslationJob(TrainingJob):
         from transformers import DataCollatorForSeq2Seq
 
         return DataCollatorForSeq2Seq(self.tokenizer, model=model, label_pad_token_id=-100,
-                                      pad_to_multiple_of=8 if self.mixed_precision != "no" else None)
+                                      pad_to_multiple_of=8 if self.accelerator.mixed_precision != "no" else None)
 
     def train_dataloader(self, model: nn.Module) -> Any:
         from torch.utils.data import DataLoader, RandomSampler
