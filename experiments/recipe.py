@@ -202,9 +202,13 @@ def report(folder: Path) -> str:
             test_result = versus_post_ln[name] = paired_bootstrap(hypotheses[base], hypotheses[name], references)
             versus = f"{test_result['delta']:+.2f} BLEU, p = {test_result['p_value']:.3f}"
         minutes = r.get("train_runtime", float("nan")) / 60
+        resumed = "*" if r.get("resumed_from") else ""  # stopped and continued: the minutes add both parts
         lines.append(f"| {name} | {_layers(r)} | {r['residual_scheme']} | {_lam(r)} | {_lr(r)} | {r['seed']} | "
                      f"{r['test_bleu']:.2f} | {r['test_chrf']:.2f} | {r.get('eval_bleu', float('nan')):.2f} | "
-                     f"{minutes:.1f} | {r.get('threads', '?')} | {_precision(r)} | {versus} |")
+                     f"{minutes:.1f}{resumed} | {r.get('threads', '?')} | {_precision(r)} | {versus} |")
+    if any(r.get("resumed_from") for r in runs.values()):
+        lines += ["", "\\* resumed from a checkpoint after an interruption (`resumed_from` in its JSON): its training minutes "
+                  "add the parts before and after, and can include time the machine was shared."]
     lines += _by_scheme(runs, groups, baselines, versus_post_ln)
     lines += _head_to_head(runs, groups, hypotheses, references)
     ablations = sorted(folder.glob("*-ablation.json"))

@@ -165,3 +165,25 @@ def test_each_run_shows_the_precision_it_trained_in(shared_data, tmp_path: Path)
     rows = {line.split("|")[1].strip(): line.split("|")[12].strip() for line in report(tmp_path).splitlines()
             if line.startswith("| post-")}
     assert rows == {"post-bf16": "bf16", "post-fp32": "fp32", "post-old": "?"}
+
+
+def test_a_resumed_run_has_its_minutes_marked(shared_data, tmp_path: Path) -> None:
+    """A run stopped and continued from a checkpoint adds the minutes of both parts (and whatever shared the machine
+    meanwhile): its minutes carry a mark and a footnote says why; an uninterrupted run's do not."""
+    from hf_rskip.data import clean_pairs, load_recipe
+
+    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
+    references = [pair["de"] for pair in test["translation"]]
+    for name, seed, recorded in (("post-whole", 1, {}), ("post-resumed", 2, {"resumed_from": "ckpt/checkpoint-400"})):
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "residual_scheme": "post_ln", "skip_lambda": 1, "seed": seed, "test_bleu": 100.0, "test_chrf": 90.0,
+            "eval_bleu": 100.0, "train_runtime": 600.0, "threads": 1, "options": {"learning_rate": 1.5e-3},
+            **recorded}))
+        (tmp_path / f"{name}.test.txt").write_text("\n".join(references) + "\n")
+    text = report(tmp_path)
+    minutes = {line.split("|")[1].strip(): line.split("|")[10].strip() for line in text.splitlines()
+               if line.startswith("| post-")}
+    assert minutes == {"post-whole": "10.0", "post-resumed": "10.0*"}
+    assert "\\* resumed from a checkpoint" in text
+    (tmp_path / "post-resumed.json").unlink()
+    assert "resumed from a checkpoint" not in report(tmp_path)
