@@ -207,8 +207,8 @@ def report(folder: Path) -> str:
                      f"{r['test_bleu']:.2f} | {r['test_chrf']:.2f} | {r.get('eval_bleu', float('nan')):.2f} | "
                      f"{minutes:.1f}{resumed} | {r.get('threads', '?')} | {_precision(r)} | {versus} |")
     if any(r.get("resumed_from") for r in runs.values()):
-        lines += ["", "\\* resumed from a checkpoint after an interruption (`resumed_from` in its JSON): its training minutes "
-                  "add the parts before and after, and can include time the machine was shared."]
+        lines += ["", "\\* resumed from a checkpoint after an interruption (`resumed_from` in its JSON): its training "
+                  "minutes add the parts before and after, and can include time the machine was shared."]
     lines += _by_scheme(runs, groups, baselines, versus_post_ln)
     lines += _head_to_head(runs, groups, hypotheses, references)
     ablations = sorted(folder.glob("*-ablation.json"))

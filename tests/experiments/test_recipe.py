@@ -150,18 +150,10 @@ def test_report_compares_runs_only_within_one_depth(shared_data, tmp_path: Path)
 def test_each_run_shows_the_precision_it_trained_in(shared_data, tmp_path: Path) -> None:
     """Runs of the recipe trained in bf16 where the CPU had fast bf16 kernels and in float32 elsewhere: the table says
     which, from the precision recorded (``mixed_precision``), else the option (older runs), else ``?``."""
-    from hf_rskip.data import clean_pairs, load_recipe
-
-    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
-    references = [pair["de"] for pair in test["translation"]]
-    for name, seed, recorded in (("post-bf16", 42, {"options": {"learning_rate": 1.5e-3, "mixed_precision": "bf16"}}),
-                                 ("post-fp32", 1, {"mixed_precision": "no",
-                                                   "options": {"learning_rate": 1.5e-3, "mixed_precision": "auto"}}),
-                                 ("post-old", 2, {"options": {"learning_rate": 1.5e-3}})):
-        (tmp_path / f"{name}.json").write_text(json.dumps({
-            "residual_scheme": "post_ln", "skip_lambda": 1, "seed": seed, "test_bleu": 100.0, "test_chrf": 90.0,
-            "eval_bleu": 100.0, "train_runtime": 600.0, "threads": 2, **recorded}))
-        (tmp_path / f"{name}.test.txt").write_text("\n".join(references) + "\n")
+    _post_ln_runs(tmp_path, {"post-bf16": (42, {"options": {"learning_rate": 1.5e-3, "mixed_precision": "bf16"}}),
+                             "post-fp32": (1, {"mixed_precision": "no",
+                                               "options": {"learning_rate": 1.5e-3, "mixed_precision": "auto"}}),
+                             "post-old": (2, {"options": {"learning_rate": 1.5e-3}})})
     rows = {line.split("|")[1].strip(): line.split("|")[12].strip() for line in report(tmp_path).splitlines()
             if line.startswith("| post-")}
     assert rows == {"post-bf16": "bf16", "post-fp32": "fp32", "post-old": "?"}
@@ -170,20 +162,27 @@ def test_each_run_shows_the_precision_it_trained_in(shared_data, tmp_path: Path)
 def test_a_resumed_run_has_its_minutes_marked(shared_data, tmp_path: Path) -> None:
     """A run stopped and continued from a checkpoint adds the minutes of both parts (and whatever shared the machine
     meanwhile): its minutes carry a mark and a footnote says why; an uninterrupted run's do not."""
-    from hf_rskip.data import clean_pairs, load_recipe
-
-    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
-    references = [pair["de"] for pair in test["translation"]]
-    for name, seed, recorded in (("post-whole", 1, {}), ("post-resumed", 2, {"resumed_from": "ckpt/checkpoint-400"})):
-        (tmp_path / f"{name}.json").write_text(json.dumps({
-            "residual_scheme": "post_ln", "skip_lambda": 1, "seed": seed, "test_bleu": 100.0, "test_chrf": 90.0,
-            "eval_bleu": 100.0, "train_runtime": 600.0, "threads": 1, "options": {"learning_rate": 1.5e-3},
-            **recorded}))
-        (tmp_path / f"{name}.test.txt").write_text("\n".join(references) + "\n")
+    rate = {"options": {"learning_rate": 1.5e-3}}
+    _post_ln_runs(tmp_path, {"post-whole": (1, rate),
+                             "post-resumed": (2, {**rate, "resumed_from": "ckpt/checkpoint-400"})})
     text = report(tmp_path)
     minutes = {line.split("|")[1].strip(): line.split("|")[10].strip() for line in text.splitlines()
                if line.startswith("| post-")}
     assert minutes == {"post-whole": "10.0", "post-resumed": "10.0*"}
     assert "\\* resumed from a checkpoint" in text
-    (tmp_path / "post-resumed.json").unlink()
+    for leftover in tmp_path.glob("post-resumed.*"):
+        leftover.unlink()
     assert "resumed from a checkpoint" not in report(tmp_path)
+
+
+def _post_ln_runs(folder: Path, runs: dict[str, tuple[int, dict]]) -> None:
+    """Writes Post-LN runs (name → seed and the fields that differ) that translate the test set perfectly."""
+    from hf_rskip.data import clean_pairs, load_recipe
+
+    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
+    references = [pair["de"] for pair in test["translation"]]
+    for name, (seed, recorded) in runs.items():
+        (folder / f"{name}.json").write_text(json.dumps({
+            "residual_scheme": "post_ln", "skip_lambda": 1, "seed": seed, "test_bleu": 100.0, "test_chrf": 90.0,
+            "eval_bleu": 100.0, "train_runtime": 600.0, "threads": 2, **recorded}))
+        (folder / f"{name}.test.txt").write_text("\n".join(references) + "\n")
