@@ -4,13 +4,14 @@
 
 Every ``<name>.json`` in the folder is a ``run_translation.py`` results file; a ``<name>.test.txt`` beside it holds
 its test hypotheses (one per line, in test-set order). The table gives each run's scheme, rate, seed, test and
-validation BLEU, chrF, training minutes, threads and precision, and its layers per stack (``--encoder_layers`` /
+validation BLEU, chrF, training minutes, threads, precision and distinct test outputs (a run that collapsed
+translates nearly every sentence the same), and its layers per stack (``--encoder_layers`` /
 ``--decoder_layers``, else the preset's: the recipe's is 3+3). Runs are only ever compared with runs of the same
 layers and seed: runs with hypotheses with Post-LN's (at its chosen rate) by sacreBLEU's paired bootstrap (1,000
-resamples); where a scheme has several seeds, a second table gives its mean ± std and the seed-paired difference
-to Post-LN, and a third sets schemes head to head, seed by seed, each at its chosen rate (most seeds, then
-validation BLEU): rSkip+LN against xSkip+LN of the same λ (the paper's "the recursion helps"), against rSkip+LN of
-the next smaller λ, and against Pre-LN.
+resamples); where a scheme has several seeds, a second table gives its mean ± std, the seed-paired difference
+to Post-LN and the seeds that collapsed, and a third sets schemes head to head, seed by seed, each at its chosen
+rate (most seeds, then validation BLEU): rSkip+LN against xSkip+LN of the same λ (the paper's "the recursion
+helps"), against rSkip+LN of the next smaller λ, and against Pre-LN.
 ``<name>-ablation.json`` files (what averaging and beam search bought, from decoding the same run's checkpoints)
 are listed under the tables.
 """
@@ -105,18 +106,30 @@ def _chosen(runs: dict[str, dict[str, Any]], groups: dict[Group, list[str]], hyp
     return max(by_rate, key=rank) if by_rate else {}
 
 
+COLLAPSED_BELOW = 0.1
+"""The fraction of distinct test outputs under which :func:`_collapsed` calls a run collapsed."""
+
+
+def _collapsed(hypotheses: list[str] | None) -> bool:
+    """Whether a run collapsed: fewer distinct test outputs than a tenth of the test sentences (the 6+6 runs that
+    failed at 3e-3 gave one or two outputs for 1,000 sentences; every run that trained gives nearly 1,000)."""
+    return hypotheses is not None and len(set(hypotheses)) < COLLAPSED_BELOW * len(hypotheses)
+
+
 def _by_scheme(runs: dict[str, dict[str, Any]], groups: dict[Group, list[str]], baselines: dict[tuple[str, Any], str],
-               versus_post_ln: dict[str, dict[str, float]]) -> list[str]:
+               versus_post_ln: dict[str, dict[str, float]], hypotheses: dict[str, list[str]]) -> list[str]:
     """Runs of one depth, scheme, λ and rate over seeds (pilots left out): mean ± std of test BLEU and, against
     the Post-LN run of each seed and depth (``baselines``: (layers, seed) → run name), the paired difference over
-    seeds and every seed's paired-bootstrap p-value (``versus_post_ln``: run name → the main table's bootstrap)."""
+    seeds and every seed's paired-bootstrap p-value (``versus_post_ln``: run name → the main table's bootstrap), and
+    the seeds that collapsed (:func:`_collapsed`): a mean over seeds hides a scheme that fails in one of them."""
     import statistics
 
     if not any(len(names) > 1 for names in groups.values()):
         return []
     lines = ["", "By scheme, over seeds (mean ± sample std; the difference to Post-LN is paired by seed):", "",
              "| layers | scheme | λ | lr | seeds | test BLEU | vs Post-LN, paired by seed | paired bootstrap p per "
-             "seed |", "|---|---|---|---|---|---|---|---|"]
+             f"seed | collapsed (under {COLLAPSED_BELOW:.0%} distinct test outputs) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (layers, scheme, lam, lr), names in groups.items():
         bleus = [runs[n]["test_bleu"] for n in names]
         spread = f" ± {statistics.stdev(bleus):.2f}" if len(bleus) > 1 else ""
@@ -129,8 +142,10 @@ def _by_scheme(runs: dict[str, dict[str, Any]], groups: dict[Group, list[str]], 
         elif deltas:
             versus = f"{statistics.fmean(deltas):+.2f} ± {statistics.stdev(deltas):.2f} ({len(deltas)} seeds)"
         seeds = ", ".join(str(runs[n]["seed"]) for n in names)
+        collapsed = [str(runs[n]["seed"]) for n in names if _collapsed(hypotheses.get(n))]
+        failed = f"seed{'s' if len(collapsed) > 1 else ''} {', '.join(collapsed)} of {len(names)}" if collapsed else ""
         lines.append(f"| {layers} | {scheme} | {lam} | {lr} | {seeds} | {statistics.fmean(bleus):.2f}{spread} | "
-                     f"{versus} | {', '.join(p_values)} |")
+                     f"{versus} | {', '.join(p_values)} | {failed} |")
     return lines
 
 
@@ -192,8 +207,8 @@ def report(folder: Path) -> str:
                  for seed, name in _chosen(runs, groups, hypotheses, layers, "post_ln", "1").items()}
     lines = ["# Multi30k EN→DE recipe runs (test_2016_flickr, sacreBLEU 13a)", "",
              "| run | layers | scheme | λ | lr | seed | test BLEU | test chrF | val BLEU | training (min) | threads "
-             "| precision | vs Post-LN, same layers and seed (paired bootstrap) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| precision | distinct test outputs | vs Post-LN, same layers and seed (paired bootstrap) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     versus_post_ln: dict[str, dict[str, float]] = {}  # run name → paired bootstrap against Post-LN, same seed
     for name, r in runs.items():
         versus = ""
@@ -203,13 +218,15 @@ def report(folder: Path) -> str:
             versus = f"{test_result['delta']:+.2f} BLEU, p = {test_result['p_value']:.3f}"
         minutes = r.get("train_runtime", float("nan")) / 60
         resumed = "*" if r.get("resumed_from") else ""  # stopped and continued: the minutes add both parts
+        outputs = hypotheses.get(name)
+        distinct = f"{len(set(outputs)):,} of {len(outputs):,}" if outputs is not None else ""
         lines.append(f"| {name} | {_layers(r)} | {r['residual_scheme']} | {_lam(r)} | {_lr(r)} | {r['seed']} | "
                      f"{r['test_bleu']:.2f} | {r['test_chrf']:.2f} | {r.get('eval_bleu', float('nan')):.2f} | "
-                     f"{minutes:.1f}{resumed} | {r.get('threads', '?')} | {_precision(r)} | {versus} |")
+                     f"{minutes:.1f}{resumed} | {r.get('threads', '?')} | {_precision(r)} | {distinct} | {versus} |")
     if any(r.get("resumed_from") for r in runs.values()):
         lines += ["", "\\* resumed from a checkpoint after an interruption (`resumed_from` in its JSON): its training "
                   "minutes add the parts before and after, and can include time the machine was shared."]
-    lines += _by_scheme(runs, groups, baselines, versus_post_ln)
+    lines += _by_scheme(runs, groups, baselines, versus_post_ln, hypotheses)
     lines += _head_to_head(runs, groups, hypotheses, references)
     ablations = sorted(folder.glob("*-ablation.json"))
     if ablations:

@@ -175,6 +175,35 @@ def test_a_resumed_run_has_its_minutes_marked(shared_data, tmp_path: Path) -> No
     assert "resumed from a checkpoint" not in report(tmp_path)
 
 
+def test_a_collapsed_seed_is_named_beside_the_mean(shared_data, tmp_path: Path) -> None:
+    """A run that translates every test sentence the same has failed, whatever its BLEU; the mean over seeds would
+    hide it, so the main table counts each run's distinct outputs and the table by scheme names the seeds that
+    collapsed (under a tenth distinct)."""
+    from hf_rskip.data import clean_pairs, load_recipe
+
+    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
+    references = [pair["de"] for pair in test["translation"]]
+    tenth = len(references) // 10
+    rate = {"options": {"learning_rate": 3e-3}}
+    _post_ln_runs(tmp_path, {"post-s1": (1, rate), "post-s2": (2, rate), "post-s3": (3, rate)})
+    # seed 2 collapsed to one output; seed 3 is just above the line (a tenth distinct), so it counts as trained
+    for seed, outputs in ((1, references), (2, [references[0]] * len(references)),
+                          (3, [references[i % (tenth + 1)] for i in range(len(references))])):
+        (tmp_path / f"xskip-s{seed}.json").write_text(json.dumps({
+            "residual_scheme": "xskip_ln", "skip_lambda": 2.0, "seed": seed, "test_bleu": 50.0, "test_chrf": 50.0,
+            "eval_bleu": 50.0, "train_runtime": 600.0, "threads": 1, **rate}))
+        (tmp_path / f"xskip-s{seed}.test.txt").write_text("\n".join(outputs) + "\n")
+    lines = report(tmp_path).splitlines()
+    distinct = {line.split("|")[1].strip(): line.split("|")[13].strip() for line in lines if line.startswith("| xskip")}
+    assert distinct == {"xskip-s1": f"{len(set(references)):,} of {len(references):,}",
+                        "xskip-s2": f"1 of {len(references):,}",
+                        "xskip-s3": f"{len(set(references[:tenth + 1])):,} of {len(references):,}"}
+    xskip = next(line for line in lines if line.startswith("| 3+3 | xskip_ln |"))
+    assert xskip.endswith("| seed 2 of 3 |")
+    post = next(line for line in lines if line.startswith("| 3+3 | post_ln |"))
+    assert post.endswith("|  |")  # none collapsed
+
+
 def _post_ln_runs(folder: Path, runs: dict[str, tuple[int, dict]]) -> None:
     """Writes Post-LN runs (name → seed and the fields that differ) that translate the test set perfectly."""
     from hf_rskip.data import clean_pairs, load_recipe
