@@ -110,18 +110,19 @@ COLLAPSED_BELOW = 0.1
 """The fraction of distinct test outputs under which :func:`_collapsed` calls a run collapsed."""
 
 
-def _collapsed(hypotheses: list[str] | None) -> bool:
+def _collapsed(distinct: int, sentences: int) -> bool:
     """Whether a run collapsed: fewer distinct test outputs than a tenth of the test sentences (the 6+6 runs that
     failed at 3e-3 gave one or two outputs for 1,000 sentences; every run that trained gives nearly 1,000)."""
-    return hypotheses is not None and len(set(hypotheses)) < COLLAPSED_BELOW * len(hypotheses)
+    return distinct < COLLAPSED_BELOW * sentences
 
 
 def _by_scheme(runs: dict[str, dict[str, Any]], groups: dict[Group, list[str]], baselines: dict[tuple[str, Any], str],
-               versus_post_ln: dict[str, dict[str, float]], hypotheses: dict[str, list[str]]) -> list[str]:
+               versus_post_ln: dict[str, dict[str, float]], collapsed: set[str]) -> list[str]:
     """Runs of one depth, scheme, λ and rate over seeds (pilots left out): mean ± std of test BLEU and, against
     the Post-LN run of each seed and depth (``baselines``: (layers, seed) → run name), the paired difference over
     seeds and every seed's paired-bootstrap p-value (``versus_post_ln``: run name → the main table's bootstrap), and
-    the seeds that collapsed (:func:`_collapsed`): a mean over seeds hides a scheme that fails in one of them."""
+    the seeds that collapsed (``collapsed``: run names, :func:`_collapsed`): a mean over seeds hides a scheme that
+    fails in one of them."""
     import statistics
 
     if not any(len(names) > 1 for names in groups.values()):
@@ -142,8 +143,9 @@ def _by_scheme(runs: dict[str, dict[str, Any]], groups: dict[Group, list[str]], 
         elif deltas:
             versus = f"{statistics.fmean(deltas):+.2f} ± {statistics.stdev(deltas):.2f} ({len(deltas)} seeds)"
         seeds = ", ".join(str(runs[n]["seed"]) for n in names)
-        collapsed = [str(runs[n]["seed"]) for n in names if _collapsed(hypotheses.get(n))]
-        failed = f"seed{'s' if len(collapsed) > 1 else ''} {', '.join(collapsed)} of {len(names)}" if collapsed else ""
+        failed_seeds = [str(runs[n]["seed"]) for n in names if n in collapsed]
+        failed = (f"seed{'s' if len(failed_seeds) > 1 else ''} {', '.join(failed_seeds)} of {len(names)}"
+                  if failed_seeds else "")
         lines.append(f"| {layers} | {scheme} | {lam} | {lr} | {seeds} | {statistics.fmean(bleus):.2f}{spread} | "
                      f"{versus} | {', '.join(p_values)} | {failed} |")
     return lines
@@ -210,6 +212,7 @@ def report(folder: Path) -> str:
              "| precision | distinct test outputs | vs Post-LN, same layers and seed (paired bootstrap) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     versus_post_ln: dict[str, dict[str, float]] = {}  # run name → paired bootstrap against Post-LN, same seed
+    distinct = {name: len(set(outputs)) for name, outputs in hypotheses.items()}  # counted once, for both tables
     for name, r in runs.items():
         versus = ""
         base = baselines.get((_layers(r), r["seed"]))
@@ -218,15 +221,15 @@ def report(folder: Path) -> str:
             versus = f"{test_result['delta']:+.2f} BLEU, p = {test_result['p_value']:.3f}"
         minutes = r.get("train_runtime", float("nan")) / 60
         resumed = "*" if r.get("resumed_from") else ""  # stopped and continued: the minutes add both parts
-        outputs = hypotheses.get(name)
-        distinct = f"{len(set(outputs)):,} of {len(outputs):,}" if outputs is not None else ""
+        outputs = f"{distinct[name]:,} of {len(hypotheses[name]):,}" if name in hypotheses else ""
         lines.append(f"| {name} | {_layers(r)} | {r['residual_scheme']} | {_lam(r)} | {_lr(r)} | {r['seed']} | "
                      f"{r['test_bleu']:.2f} | {r['test_chrf']:.2f} | {r.get('eval_bleu', float('nan')):.2f} | "
-                     f"{minutes:.1f}{resumed} | {r.get('threads', '?')} | {_precision(r)} | {distinct} | {versus} |")
+                     f"{minutes:.1f}{resumed} | {r.get('threads', '?')} | {_precision(r)} | {outputs} | {versus} |")
     if any(r.get("resumed_from") for r in runs.values()):
         lines += ["", "\\* resumed from a checkpoint after an interruption (`resumed_from` in its JSON): its training "
                   "minutes add the parts before and after, and can include time the machine was shared."]
-    lines += _by_scheme(runs, groups, baselines, versus_post_ln, hypotheses)
+    collapsed = {name for name, count in distinct.items() if _collapsed(count, len(hypotheses[name]))}
+    lines += _by_scheme(runs, groups, baselines, versus_post_ln, collapsed)
     lines += _head_to_head(runs, groups, hypotheses, references)
     ablations = sorted(folder.glob("*-ablation.json"))
     if ablations:
