@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
 
 from experiments.recipe import report
 
 
-def test_report_tables_runs_and_tests_each_against_post_ln(shared_data, tmp_path: Path) -> None:
+@cache
+def _references() -> tuple[str, ...]:
+    """The real test set's German references (test_2016_flickr, cleaned as the report cleans it), read once."""
     from hf_rskip.data import clean_pairs, load_recipe
 
     test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
-    references = [pair["de"] for pair in test["translation"]]
+    return tuple(pair["de"] for pair in test["translation"])
+
+
+def test_report_tables_runs_and_tests_each_against_post_ln(shared_data, tmp_path: Path) -> None:
+    references = _references()
     worse = [" ".join(line.split()[:-2]) for line in references]  # every sentence loses its last two words
     for name, scheme, lam, hypotheses, bleu, seed in (("post", "post_ln", 1, references, 100.0, 42),
                                                        ("rskip", "rskip_ln", 2, worse, 70.0, 42),
@@ -34,10 +41,7 @@ def test_report_tables_runs_and_tests_each_against_post_ln(shared_data, tmp_path
 
 
 def test_report_sets_rskip_against_xskip_of_the_same_lambda_seed_by_seed(shared_data, tmp_path: Path) -> None:
-    from hf_rskip.data import clean_pairs, load_recipe
-
-    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
-    references = [pair["de"] for pair in test["translation"]]
+    references = _references()
     worse = [" ".join(line.split()[:-2]) for line in references]
     runs = [("rskip-s1", "rskip_ln", 2, 3e-3, 1, references, 100.0),
             ("rskip-s2", "rskip_ln", 2, 3e-3, 2, references, 100.0),
@@ -61,10 +65,7 @@ def test_report_sets_rskip_against_xskip_of_the_same_lambda_seed_by_seed(shared_
 
 
 def test_report_picks_between_single_seed_rates_by_validation_bleu(shared_data, tmp_path: Path) -> None:
-    from hf_rskip.data import clean_pairs, load_recipe
-
-    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
-    references = [pair["de"] for pair in test["translation"]]
+    references = _references()
     worse = [" ".join(line.split()[:-2]) for line in references]
     # xSkip at two rates, one seed each: 3e-3 has the better validation BLEU, so it is the chosen rate even though
     # its test BLEU is lower (the test set must not choose), and although the other comes first by name
@@ -88,10 +89,7 @@ def test_report_has_no_head_to_head_table_without_partners(shared_data, tmp_path
 
 
 def test_report_sets_rskip_against_the_smaller_lambda_and_pre_ln(shared_data, tmp_path: Path) -> None:
-    from hf_rskip.data import clean_pairs, load_recipe
-
-    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
-    references = [pair["de"] for pair in test["translation"]]
+    references = _references()
     worse = [" ".join(line.split()[:-2]) for line in references]
     # λ = 3 is the better rSkip; Pre-LN (λ stored as 1) is worse than λ = 2; λ = 3 at 1.5e-3 has one seed only
     runs = [("r2-s1", "rskip_ln", 2, 3e-3, 1, worse, 70.0), ("r2-s2", "rskip_ln", 2, 3e-3, 2, worse, 71.0),
@@ -112,10 +110,7 @@ def test_report_sets_rskip_against_the_smaller_lambda_and_pre_ln(shared_data, tm
 
 
 def test_report_compares_runs_only_within_one_depth(shared_data, tmp_path: Path) -> None:
-    from hf_rskip.data import clean_pairs, load_recipe
-
-    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
-    references = [pair["de"] for pair in test["translation"]]
+    references = _references()
     worse = [" ".join(line.split()[:-2]) for line in references]
     # 3+3 from the preset (no layer options), 6+6 from --encoder_layers/--decoder_layers. At 6+6 Post-LN ran at two
     # rates: 1.5e-3 over two seeds is its chosen rate (the baseline), 3e-3 (one seed) is not, though its test BLEU is
@@ -179,10 +174,7 @@ def test_a_collapsed_seed_is_named_beside_the_mean(shared_data, tmp_path: Path) 
     """A run that translates every test sentence the same has failed, whatever its BLEU; the mean over seeds would
     hide it, so the main table counts each run's distinct outputs and the table by scheme names the seeds that
     collapsed (under a tenth distinct)."""
-    from hf_rskip.data import clean_pairs, load_recipe
-
-    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
-    references = [pair["de"] for pair in test["translation"]]
+    references = _references()
     tenth = len(references) // 10
     rate = {"options": {"learning_rate": 3e-3}}
     _post_ln_runs(tmp_path, {"post-s1": (1, rate), "post-s2": (2, rate), "post-s3": (3, rate)})
@@ -206,10 +198,7 @@ def test_a_collapsed_seed_is_named_beside_the_mean(shared_data, tmp_path: Path) 
 
 def _post_ln_runs(folder: Path, runs: dict[str, tuple[int, dict]]) -> None:
     """Writes Post-LN runs (name → seed and the fields that differ) that translate the test set perfectly."""
-    from hf_rskip.data import clean_pairs, load_recipe
-
-    test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
-    references = [pair["de"] for pair in test["translation"]]
+    references = _references()
     for name, (seed, recorded) in runs.items():
         (folder / f"{name}.json").write_text(json.dumps({
             "residual_scheme": "post_ln", "skip_lambda": 1, "seed": seed, "test_bleu": 100.0, "test_chrf": 90.0,
