@@ -8,10 +8,11 @@ validation BLEU, chrF, training minutes, threads, precision and distinct test ou
 translates nearly every sentence the same), and its layers per stack (``--encoder_layers`` /
 ``--decoder_layers``, else the preset's: the recipe's is 3+3). Runs are only ever compared with runs of the same
 layers and seed: runs with hypotheses with Post-LN's (at its chosen rate) by sacreBLEU's paired bootstrap (1,000
-resamples); where a scheme has several seeds, a second table gives its mean ± std, the seed-paired difference
-to Post-LN and the seeds that collapsed, and a third sets schemes head to head, seed by seed, each at its chosen
-rate (most seeds, then validation BLEU): rSkip+LN against xSkip+LN of the same λ (the paper's "the recursion
-helps"), against rSkip+LN of the next smaller λ, and against Pre-LN.
+resamples; a pair whose runs trained in different precision, bf16 autocast against float32, is marked †); where
+a scheme has several seeds, a second table gives its mean ± std, the seed-paired difference to Post-LN and the
+seeds that collapsed, and a third sets schemes head to head, seed by seed, each at its chosen rate (most seeds,
+then validation BLEU): rSkip+LN against xSkip+LN of the same λ (the paper's "the recursion helps"), against
+rSkip+LN of the next smaller λ, and against Pre-LN.
 ``<name>-ablation.json`` files (what averaging and beam search bought, from decoding the same run's checkpoints)
 are listed under the tables.
 """
@@ -57,6 +58,17 @@ def _precision(result: dict[str, Any]) -> str:
     which was never ``auto`` then)."""
     used = result.get("mixed_precision") or (result.get("options") or {}).get("mixed_precision") or "?"
     return "fp32" if used == "no" else used
+
+
+ACROSS_PRECISION = "†"
+"""Marks a comparison between a run trained in bf16 autocast and one trained in float32 (:func:`_across`)."""
+
+
+def _across(first: dict[str, Any], second: dict[str, Any]) -> str:
+    """:data:`ACROSS_PRECISION` when two runs trained in different known precisions, else nothing: such a pair's
+    difference carries the precision as well as the scheme."""
+    mine, theirs = _precision(first), _precision(second)
+    return ACROSS_PRECISION if "?" not in (mine, theirs) and mine != theirs else ""
 
 
 def _layers(result: dict[str, Any]) -> str:
@@ -136,7 +148,8 @@ def _by_scheme(runs: dict[str, dict[str, Any]], groups: dict[Group, list[str]], 
         spread = f" ± {statistics.stdev(bleus):.2f}" if len(bleus) > 1 else ""
         compared = [n for n in names if n in versus_post_ln]
         deltas = [runs[n]["test_bleu"] - runs[baselines[layers, runs[n]["seed"]]]["test_bleu"] for n in compared]
-        p_values = [f"{versus_post_ln[n]['p_value']:.3f}" for n in compared]
+        p_values = [f"{versus_post_ln[n]['p_value']:.3f}{_across(runs[n], runs[baselines[layers, runs[n]['seed']]])}"
+                    for n in compared]
         versus = ""
         if len(deltas) == 1:
             versus = f"{deltas[0]:+.2f} (1 seed)"
@@ -188,7 +201,8 @@ def _head_to_head(runs: dict[str, dict[str, Any]], groups: dict[Group, list[str]
                 test = paired_bootstrap(hypotheses[their_runs[seed]], hypotheses[mine_runs[seed]], references)
                 deltas.append(mine["test_bleu"] - theirs["test_bleu"])
                 lines.append(f"| {label} | {_lr(mine)} / {_lr(theirs)} | {seed} | {mine['test_bleu']:.2f} | "
-                             f"{theirs['test_bleu']:.2f} | {deltas[-1]:+.2f} | {test['p_value']:.3f} |")
+                             f"{theirs['test_bleu']:.2f} | {deltas[-1]:+.2f} | {test['p_value']:.3f}"
+                             f"{_across(mine, theirs)} |")
             if len(deltas) > 1:
                 lines.append(f"| {label} | | all {len(deltas)} | | | {statistics.fmean(deltas):+.2f} ± "
                              f"{statistics.stdev(deltas):.2f} | |")
@@ -218,7 +232,8 @@ def report(folder: Path) -> str:
         base = baselines.get((_layers(r), r["seed"]))
         if base is not None and base != name and name in hypotheses:
             test_result = versus_post_ln[name] = paired_bootstrap(hypotheses[base], hypotheses[name], references)
-            versus = f"{test_result['delta']:+.2f} BLEU, p = {test_result['p_value']:.3f}"
+            versus = (f"{test_result['delta']:+.2f} BLEU, p = {test_result['p_value']:.3f}"
+                      f"{_across(r, runs[base])}")
         minutes = r.get("train_runtime", float("nan")) / 60
         resumed = "*" if r.get("resumed_from") else ""  # stopped and continued: the minutes add both parts
         outputs = f"{distinct[name]:,} of {len(hypotheses[name]):,}" if name in hypotheses else ""
@@ -231,6 +246,9 @@ def report(folder: Path) -> str:
     collapsed = {name for name, count in distinct.items() if _collapsed(count, len(hypotheses[name]))}
     lines += _by_scheme(runs, groups, baselines, versus_post_ln, collapsed)
     lines += _head_to_head(runs, groups, hypotheses, references)
+    if any(ACROSS_PRECISION in line for line in lines):
+        lines += ["", f"{ACROSS_PRECISION} the two runs compared trained in different precision (bf16 autocast and "
+                  "float32: the precision column): the difference carries the precision as well as the scheme."]
     ablations = sorted(folder.glob("*-ablation.json"))
     if ablations:
         lines += ["", "What averaging and beam search bought (test BLEU, the same run decoded again):", ""]

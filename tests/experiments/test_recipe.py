@@ -196,6 +196,36 @@ def test_a_collapsed_seed_is_named_beside_the_mean(shared_data, tmp_path: Path) 
     assert post.endswith("|  |")  # none collapsed
 
 
+def test_a_pair_across_precision_is_marked(shared_data, tmp_path: Path) -> None:
+    """Seed 42's Post-LN trained in bf16 on an earlier CPU and later schemes' seed 42 in float32: a comparison of
+    two runs of different precision is marked wherever its p-value is shown, with a footnote; pairs of one
+    precision, and runs whose precision was never recorded, are not."""
+    references = _references()
+    worse = [" ".join(line.split()[:-2]) for line in references]
+    rate = {"options": {"learning_rate": 1.5e-3}}
+    _post_ln_runs(tmp_path, {"post-s42": (42, {**rate, "mixed_precision": "bf16"}),
+                             "post-s1": (1, {**rate, "mixed_precision": "no"}), "post-s2": (2, rate)})
+    for scheme, seed, precision in (("rskip_ln", 42, "bf16"), ("xskip_ln", 42, "no"), ("rskip_ln", 1, "no"),
+                                    ("xskip_ln", 1, "no"), ("xskip_ln", 2, "no")):
+        name = f"{scheme}-s{seed}"
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "residual_scheme": scheme, "skip_lambda": 2, "seed": seed, "test_bleu": 70.0, "test_chrf": 50.0,
+            "eval_bleu": 70.0, "train_runtime": 600.0, "threads": 1, "mixed_precision": precision, **rate}))
+        (tmp_path / f"{name}.test.txt").write_text("\n".join(worse) + "\n")
+    text = report(tmp_path)
+    versus = {line.split("|")[1].strip(): line.split("|")[14].strip() for line in text.splitlines()
+              if line.startswith(("| rskip_ln-", "| xskip_ln-"))}
+    assert versus["xskip_ln-s42"].endswith("p = 0.001†")
+    assert [name for name, cell in versus.items() if cell.endswith("†")] == ["xskip_ln-s42"]  # s2: Post-LN's unknown
+    assert "| 3+3 | xskip_ln | 2 | 0.0015 | 1, 2, 42 |" in text and "| 0.001, 0.001, 0.001† |" in text
+    recursion = [line for line in text.splitlines() if "(the recursion) | 0.0015 / 0.0015 |" in line]
+    assert [line.split("|")[4].strip() for line in recursion if line.endswith("† |")] == ["42"]
+    assert "† the two runs compared trained in different precision" in text
+    for leftover in tmp_path.glob("xskip_ln-s42.*"):
+        leftover.unlink()
+    assert "†" not in report(tmp_path)
+
+
 def _post_ln_runs(folder: Path, runs: dict[str, tuple[int, dict]]) -> None:
     """Writes Post-LN runs (name → seed and the fields that differ) that translate the test set perfectly."""
     references = _references()
