@@ -265,15 +265,19 @@ def test_resuming_with_another_vocabulary_size_is_an_error_naming_it(tmp_path: P
 
 
 def test_two_runs_on_one_folder_and_ctrl_c(tmp_path: Path) -> None:
-    out = tmp_path / "out"
+    out, log = tmp_path / "out", tmp_path / "first.stderr"
     spec = TASKS["translation"]
-    first = subprocess.Popen([sys.executable, str(REPO / "scripts" / spec["script"]), *spec["tiny"], "--output_dir",
-                              str(out), "--max_train_steps", "100000", "--checkpointing_steps", "3"], env=ENV,
-                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # stderr goes to a file, not a pipe nobody reads until the end (a full pipe would block the run's writes);
+    # faulthandler lets a run that does not stop be asked where it is (SIGABRT below)
+    with open(log, "w", encoding="utf-8") as stderr:
+        first = subprocess.Popen([sys.executable, str(REPO / "scripts" / spec["script"]), *spec["tiny"],
+                                  "--output_dir", str(out), "--max_train_steps", "100000", "--checkpointing_steps",
+                                  "3"], env={**ENV, "PYTHONFAULTHANDLER": "1"}, cwd=REPO,
+                                 stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         deadline = time.monotonic() + 240
         while not list_checkpoints(out / "checkpoints"):
-            assert first.poll() is None, first.stderr.read()[-3000:]
+            assert first.poll() is None, log.read_text(encoding="utf-8")[-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.05)
         second = run_script("translation", "--output_dir", str(out), "--max_train_steps", "2",
@@ -281,10 +285,17 @@ def test_two_runs_on_one_folder_and_ctrl_c(tmp_path: Path) -> None:
         assert second.returncode == 2
         assert f"is in use by another run (process {first.pid})" in second.stderr
         first.send_signal(signal.SIGINT)
-        _, err = first.communicate(timeout=120)
+        try:
+            first.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            first.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            first.wait(timeout=30)
+            raise AssertionError("Ctrl-C did not stop the run within 120 s; where it was:\n"
+                                 + log.read_text(encoding="utf-8")[-6000:]) from None
     finally:
         if first.poll() is None:
             first.kill()
+    err = log.read_text(encoding="utf-8")
     assert first.returncode == 130, err[-3000:]
     assert "Traceback" not in err
     last = list_checkpoints(out / "checkpoints")[-1]
