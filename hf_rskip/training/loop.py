@@ -73,44 +73,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.last_checkpoint = last_checkpoint
 
 
-class _CtrlC:
-    """Makes Ctrl-C impossible to lose during training.
-
-    Python raises ``KeyboardInterrupt`` wherever the main thread happens to be; raised inside a finalizer
-    (``__del__``, a weakref or garbage-collection callback) it is printed as "Exception ignored" and dropped, and
-    training would go on as if nothing was pressed. While installed (only over Python's default handler, in the main
-    thread), the handler still raises at once, as the default does, and also records the press; :meth:`check`
-    raises again where the loop calls it, after every micro-batch.
-    """
-
-    def __init__(self) -> None:
-        import signal
-        import threading
-
-        self.pressed = False
-        self._previous: Any = None
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        import signal
-
-        self.pressed = True
-        signal.default_int_handler(signum, frame)
-
-    def check(self) -> None:
-        if self.pressed:
-            raise KeyboardInterrupt
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            import signal
-
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-
 @dataclass
 class LoopConfig:
     """What :func:`train` does.
@@ -332,7 +294,6 @@ def train(
 
     model.train()
     done = state.completed_steps >= config.max_train_steps
-    ctrl_c = _CtrlC()
     try:
         while not done and state.epoch < config.num_train_epochs:
             if hasattr(train_dataloader, "set_epoch"):  # Accelerate's loader passes it on to its sampler
@@ -342,7 +303,6 @@ def train(
                 loader = accelerator.skip_first_batches(train_dataloader, state.batches_in_epoch)
             started = time.perf_counter()
             for batch in loader:
-                ctrl_c.check()
                 with accelerator.accumulate(model):
                     loss, counts = task.training_step(model, batch)
                     if not torch.isfinite(loss.detach()).all():
@@ -407,8 +367,6 @@ def train(
     except KeyboardInterrupt:
         progress.close()
         raise TrainingInterrupted(step=state.completed_steps, last_checkpoint=last_checkpoint()) from None
-    finally:
-        ctrl_c.restore()
     progress.close()
     result.state = state
     result.throughput = state.totals.get(unit, 0.0) / max(state.train_seconds, 1e-9)

@@ -264,6 +264,18 @@ def test_resuming_with_another_vocabulary_size_is_an_error_naming_it(tmp_path: P
     assert "--vocab_size: 200 in the checkpoint, 300 now" in capsys.readouterr().err
 
 
+@pytest.fixture
+def ctrl_c_delivered():
+    """Ctrl-C as a terminal delivers it, for the test's duration. A shell without job control (a script) starts a
+    background job (`cmd &`) with SIGINT ignored, and an ignored SIGINT stays ignored in every process started from
+    it, so a test run launched that way would see no Ctrl-C at all: Python's handler is put back here (a process
+    this one starts then gets the default action at exec, and Python installs its own handler)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_delivered")
 def test_two_runs_on_one_folder_and_ctrl_c(tmp_path: Path) -> None:
     out, log = tmp_path / "out", tmp_path / "first.stderr"
     spec = TASKS["translation"]

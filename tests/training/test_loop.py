@@ -3,7 +3,6 @@ non-finite loss without saving it, and says where the last checkpoint is when in
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
@@ -150,22 +149,14 @@ def test_a_non_finite_loss_stops_training_and_saves_nothing_after_it(tmp_path: P
 
 
 class _InterruptingTask(TranslationTask):
-    """Ctrl-C at the given micro-batch. ``dropped``: it arrives while a finalizer runs, and the finalizer's caller
-    drops the KeyboardInterrupt, as Python does with an exception raised in ``__del__``."""
-
-    def __init__(self, at: int, *, dropped: bool = False) -> None:
+    def __init__(self, at: int) -> None:
         super().__init__(0.1)
-        self.calls, self.at, self.dropped = 0, at, dropped
+        self.calls, self.at = 0, at
 
     def training_step(self, model, batch):
         self.calls += 1
-        if self.calls == self.at and not self.dropped:
-            raise KeyboardInterrupt
         if self.calls == self.at:
-            try:
-                signal.raise_signal(signal.SIGINT)
-            except KeyboardInterrupt:
-                pass
+            raise KeyboardInterrupt
         return super().training_step(model, batch)
 
 
@@ -173,24 +164,6 @@ def test_ctrl_c_names_the_last_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(TrainingInterrupted) as error:
         _run(tmp_path, steps=20, checkpointing_steps=3, task=_InterruptingTask(at=8))
     assert error.value.step == 7 and error.value.last_checkpoint == tmp_path / "checkpoint-6"
-
-
-def test_ctrl_c_raised_and_dropped_in_a_finalizer_still_stops_training(tmp_path: Path) -> None:
-    with pytest.raises(TrainingInterrupted) as error:
-        _run(tmp_path, steps=20, checkpointing_steps=3, task=_InterruptingTask(at=8, dropped=True))
-    assert error.value.step == 8 and error.value.last_checkpoint == tmp_path / "checkpoint-6"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the loop's handler is gone again
-
-
-def test_a_handler_of_the_callers_own_is_left_in_place(tmp_path: Path) -> None:
-    pressed = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
-    try:
-        result, _, _ = _run(tmp_path, steps=10, task=_InterruptingTask(at=4, dropped=True))  # the caller's handler takes the press
-        assert result.state.completed_steps == 10 and pressed == [signal.SIGINT]
-        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 class _InfiniteGradientTask(TranslationTask):
