@@ -14,12 +14,15 @@ seeds that collapsed, and a third sets schemes head to head, seed by seed, each 
 then validation BLEU): rSkip+LN against xSkip+LN of the same λ (the paper's "the recursion helps"), against
 rSkip+LN of the next smaller λ, and against Pre-LN.
 ``<name>-ablation.json`` files (what averaging and beam search bought, from decoding the same run's checkpoints)
-are listed under the tables.
+are listed under the tables. ``comparisons.png`` beside the table draws every run's test BLEU, one panel per depth:
+each scheme's seeds at its chosen rate filled, with their mean, the other rates searched hollow; runs far below the
+rest (a collapse) are drawn at the panel's floor with their score written beside them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -209,14 +212,120 @@ def _head_to_head(runs: dict[str, dict[str, Any]], groups: dict[Group, list[str]
     return lines
 
 
+SCHEME_ORDER = ("post_ln", "pre_ln", "xskip", "xskip_ln", "rskip_ln")
+"""The order schemes stand in in :func:`plot_comparisons` (the paper's: the baselines, then the block without and
+with the recursion)."""
+
+
+def comparison_points(runs: dict[str, dict[str, Any]], hypotheses: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """One point per run (pilots left out) for :func:`plot_comparisons`: its ``layers``, scheme ``label``, ``rate``,
+    ``seed``, ``bleu`` (test), whether the rate is the scheme's ``chosen`` one at that depth (:func:`_chosen`) and
+    whether it ``collapsed`` (:func:`_collapsed`; runs without test hypotheses count as not collapsed)."""
+    from experiments.reproduce import Variant
+
+    groups = _groups(runs)
+    points = []
+    for (layers, scheme, lam, rate), names in groups.items():
+        chosen = set(_chosen(runs, groups, hypotheses, layers, scheme, lam).values())
+        for name in names:
+            outputs = hypotheses.get(name)
+            points.append({"run": name, "layers": layers, "scheme": scheme, "lambda": float(lam),
+                           "label": Variant(scheme, float(lam)).label, "rate": rate, "seed": runs[name]["seed"],
+                           "bleu": runs[name]["test_bleu"], "chosen": name in chosen,
+                           "collapsed": bool(outputs) and _collapsed(len(set(outputs)), len(outputs))})
+    return points
+
+
+def plot_comparisons(points: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Test BLEU by scheme, one panel per depth (matplotlib, Agg): at each scheme's chosen rate one filled dot per
+    seed and a bar at their mean, other rates hollow with the rate written beside them. The panels share a y range
+    set by the runs that trained (1 BLEU below the lowest chosen-rate run that did not collapse); runs below it are
+    drawn as triangles on the floor with their BLEU written beside them, so a collapse shows without flattening
+    the differences between the others."""
+    import statistics
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    depths = sorted({p["layers"] for p in points}, key=_depth_order)
+    if not depths:
+        raise ValueError("no recipe runs to plot: the folder holds no run results (<name>.json with test_bleu)")
+    trained = [p["bleu"] for p in points if p["chosen"] and not p["collapsed"]] or [p["bleu"] for p in points]
+    floor, top = min(trained) - 1.0, max(p["bleu"] for p in points) + 0.6
+    fig, axes = plt.subplots(1, len(depths), figsize=(6 * len(depths), 4.6), sharey=True, squeeze=False)
+    for ax, layers in zip(axes[0], depths):
+        mine = [p for p in points if p["layers"] == layers]
+        variants = sorted({(p["scheme"], p["lambda"], p["label"]) for p in mine},
+                          key=lambda v: (SCHEME_ORDER.index(v[0]) if v[0] in SCHEME_ORDER else len(SCHEME_ORDER),
+                                         v[1]))
+        for x, (scheme, lam, label) in enumerate(variants):
+            colour = f"C{x}"
+            runs = [p for p in mine if (p["scheme"], p["lambda"]) == (scheme, lam)]
+            chosen = sorted((p for p in runs if p["chosen"]), key=lambda p: p["seed"])
+            others = sorted((p for p in runs if not p["chosen"]), key=lambda p: (p["rate"], p["seed"]))
+            for i, p in enumerate(chosen):
+                dx = (i - (len(chosen) - 1) / 2) * 0.08
+                _draw(ax, x + dx, p["bleu"], floor, colour, filled=True)
+            if chosen:
+                mean = statistics.fmean(p["bleu"] for p in chosen)
+                if mean >= floor:
+                    ax.hlines(mean, x - 0.22, x + 0.22, colors=colour, linewidth=2)
+                else:  # a collapsed seed pulls the mean off the panel: say where it is
+                    ax.annotate(f"mean {mean:.1f}", (x, floor), xytext=(0, 20), textcoords="offset points",
+                                fontsize=6, color=colour, ha="center")
+            for p in others:
+                _draw(ax, x + 0.3, p["bleu"], floor, colour, filled=False, note=f"lr {_short(p['rate'])}")
+        ax.set_xticks(range(len(variants)), [v[2] for v in variants], rotation=20, ha="right")
+        ax.set_title(f"{layers} layers")
+        ax.set_ylim(floor - 0.4, top)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("test BLEU (test_2016_flickr)")
+    fig.suptitle("Multi30k EN→DE recipe: filled, each seed at the scheme's chosen rate (bar: mean); "
+                 "hollow, another rate", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _short(rate: str) -> str:
+    """A learning rate as the README writes it: ``0.0015`` → ``1.5e-3`` (``?`` stays ``?``)."""
+    try:
+        value = float(rate)
+    except ValueError:
+        return rate
+    exponent = math.floor(math.log10(value)) if value > 0 else 0
+    return f"{value / 10 ** exponent:.3g}e{exponent}" if exponent else f"{value:g}"
+
+
+def _draw(ax: Any, x: float, bleu: float, floor: float, colour: str, *, filled: bool, note: str = "") -> None:
+    """One run's point; below the floor, a triangle on it with the BLEU written beside."""
+    face = colour if filled else "none"
+    if bleu >= floor:
+        ax.scatter([x], [bleu], s=30, marker="o" if filled else "s", facecolors=face, edgecolors=colour, zorder=3)
+        if note:
+            ax.annotate(note, (x, bleu), xytext=(4, 0), textcoords="offset points", fontsize=6, va="center")
+    else:
+        ax.scatter([x], [floor], s=40, marker="v", facecolors=face, edgecolors=colour, zorder=3)
+        ax.annotate("\n".join(filter(None, (note, f"BLEU {bleu:.1f}"))), (x, floor), xytext=(5, -2),
+                    textcoords="offset points", fontsize=6, va="bottom")
+
+
+def _load(folder: Path) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
+    """The folder's runs and, for those with a ``.test.txt``, their test hypotheses (read once)."""
+    runs = _runs(folder)
+    return runs, {name: h for name in runs if (h := _hypotheses(folder, name)) is not None}
+
+
 def report(folder: Path) -> str:
     from experiments.reproduce import paired_bootstrap
     from hf_rskip.data import clean_pairs, load_recipe
 
-    runs = _runs(folder)
+    runs, hypotheses = _load(folder)
     test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
     references = [pair["de"] for pair in test["translation"]]
-    hypotheses = {name: h for name in runs if (h := _hypotheses(folder, name)) is not None}  # read once
     # (layers, seed) → Post-LN's run at its chosen rate for that depth
     groups = _groups(runs)
     baselines = {(layers, seed): name for layers in {group[0] for group in groups}
@@ -264,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = Path(args[0] if args else "results/recipe")
     text = report(folder)
     (folder / "table.md").write_text(text, encoding="utf-8")
+    plot_comparisons(comparison_points(*_load(folder)), folder / "comparisons.png")
     print(text)
     return 0
 

@@ -234,3 +234,62 @@ def _post_ln_runs(folder: Path, runs: dict[str, tuple[int, dict]]) -> None:
             "residual_scheme": "post_ln", "skip_lambda": 1, "seed": seed, "test_bleu": 100.0, "test_chrf": 90.0,
             "eval_bleu": 100.0, "train_runtime": 600.0, "threads": 2, **recorded}))
         (folder / f"{name}.test.txt").write_text("\n".join(references) + "\n")
+
+
+def _write_runs(folder: Path, runs) -> None:
+    """(name, scheme, λ, rate, seed, layers, test BLEU, validation BLEU, hypotheses) → run files in ``folder``."""
+    for name, scheme, lam, lr, seed, layers, bleu, val, hypotheses in runs:
+        (folder / f"{name}.json").write_text(json.dumps({
+            "residual_scheme": scheme, "skip_lambda": lam, "seed": seed, "test_bleu": bleu, "test_chrf": 60.0,
+            "eval_bleu": val, "train_runtime": 600.0, "threads": 1,
+            "options": {"learning_rate": lr, "encoder_layers": layers, "decoder_layers": layers}}))
+        (folder / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
+
+
+def test_comparison_points_mark_each_schemes_chosen_rate_and_its_collapsed_seeds(tmp_path: Path) -> None:
+    from experiments.recipe import _load, comparison_points
+
+    varied = [f"ein Satz {i}" for i in range(50)]
+    _write_runs(tmp_path, [
+        ("post-s1", "post_ln", 1, 1.5e-3, 1, 6, 37.0, 37.0, varied),
+        ("post-s2", "post_ln", 1, 1.5e-3, 2, 6, 36.0, 36.0, varied),
+        # one seed at a higher rate: not the chosen rate (fewer seeds), and collapsed (one output for every line)
+        ("post-hi", "post_ln", 1, 3e-3, 1, 6, 2.0, 2.0, ["ein Mann"] * 50),
+        ("xskip-s1", "xskip_ln", 2.0, 3e-3, 1, 6, 36.5, 36.0, varied),
+        ("xskip-s2", "xskip_ln", 2.0, 3e-3, 2, 6, 1.9, 2.0, ["ein Mann"] * 47 + varied[:3]),
+        ("pilot-post", "post_ln", 1, 1.5e-3, 1, 6, 35.0, 35.0, varied),  # pilots are left out
+        ("post-3", "post_ln", 1, 1.5e-3, 1, 3, 36.2, 36.0, varied),
+    ])
+    points = {p["run"]: p for p in comparison_points(*_load(tmp_path))}
+    assert set(points) == {"post-s1", "post-s2", "post-hi", "xskip-s1", "xskip-s2", "post-3"}
+    assert [name for name, p in points.items() if p["chosen"]] == ["post-3", "post-s1", "post-s2", "xskip-s1",
+                                                                  "xskip-s2"]
+    assert {name for name, p in points.items() if p["collapsed"]} == {"post-hi", "xskip-s2"}
+    assert (points["xskip-s1"]["label"], points["xskip-s1"]["layers"], points["xskip-s1"]["rate"]) == (
+        "xSkip+LN λ=2", "6+6", "0.003")
+
+
+def test_plot_comparisons_writes_one_panel_per_depth_and_refuses_an_empty_folder(tmp_path: Path) -> None:
+    import matplotlib.image
+    import pytest
+
+    from experiments.recipe import _load, comparison_points, plot_comparisons
+
+    with pytest.raises(ValueError, match="no recipe runs"):
+        plot_comparisons([], tmp_path / "empty.png")
+    varied = [f"ein Satz {i}" for i in range(50)]
+    _write_runs(tmp_path, [("post", "post_ln", 1, 1.5e-3, 1, 3, 36.0, 36.0, varied),
+                           ("rskip", "rskip_ln", 2, 3e-3, 1, 3, 36.5, 36.0, varied),
+                           ("post-6", "post_ln", 1, 3e-3, 1, 6, 2.0, 2.0, ["ein Mann"] * 50)])
+    one = plot_comparisons(comparison_points(*_load(tmp_path)), tmp_path / "one.png")
+    two_depths = matplotlib.image.imread(one)
+    (tmp_path / "post-6.json").unlink()
+    single = matplotlib.image.imread(plot_comparisons(comparison_points(*_load(tmp_path)), tmp_path / "single.png"))
+    assert two_depths.shape[1] > 1.5 * single.shape[1]  # a second panel for 6+6
+
+
+def test_rates_are_written_as_the_readme_writes_them() -> None:
+    from experiments.recipe import _short
+
+    assert [_short(r) for r in ("0.0015", "0.003", "0.00075", "0.0135", "1", "?")] == [
+        "1.5e-3", "3e-3", "7.5e-4", "1.35e-2", "1", "?"]
