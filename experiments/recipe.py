@@ -254,14 +254,18 @@ def plot_comparisons(points: Sequence[dict[str, Any]], path: Path) -> Path:
         raise ValueError("no recipe runs to plot: the folder holds no run results (<name>.json with test_bleu)")
     trained = [p["bleu"] for p in points if p["chosen"] and not p["collapsed"]] or [p["bleu"] for p in points]
     floor, top = min(trained) - 1.0, max(p["bleu"] for p in points) + 0.6
+    def order(variant: tuple[str, float, str]) -> tuple[int, float]:
+        scheme, lam, _ = variant
+        return SCHEME_ORDER.index(scheme) if scheme in SCHEME_ORDER else len(SCHEME_ORDER), lam
+
+    every = sorted({(p["scheme"], p["lambda"], p["label"]) for p in points}, key=order)
+    colours = {variant: f"C{i % 10}" for i, variant in enumerate(every)}  # one colour per scheme in every panel
     fig, axes = plt.subplots(1, len(depths), figsize=(6 * len(depths), 4.6), sharey=True, squeeze=False)
     for ax, layers in zip(axes[0], depths):
         mine = [p for p in points if p["layers"] == layers]
-        variants = sorted({(p["scheme"], p["lambda"], p["label"]) for p in mine},
-                          key=lambda v: (SCHEME_ORDER.index(v[0]) if v[0] in SCHEME_ORDER else len(SCHEME_ORDER),
-                                         v[1]))
+        variants = sorted({(p["scheme"], p["lambda"], p["label"]) for p in mine}, key=order)
         for x, (scheme, lam, label) in enumerate(variants):
-            colour = f"C{x}"
+            colour = colours[scheme, lam, label]
             runs = [p for p in mine if (p["scheme"], p["lambda"]) == (scheme, lam)]
             chosen = sorted((p for p in runs if p["chosen"]), key=lambda p: p["seed"])
             others = sorted((p for p in runs if not p["chosen"]), key=lambda p: (p["rate"], p["seed"]))
@@ -275,8 +279,9 @@ def plot_comparisons(points: Sequence[dict[str, Any]], path: Path) -> Path:
                 else:  # a collapsed seed pulls the mean off the panel: say where it is
                     ax.annotate(f"mean {mean:.1f}", (x, floor), xytext=(0, 20), textcoords="offset points",
                                 fontsize=6, color=colour, ha="center")
-            for p in others:
-                _draw(ax, x + 0.3, p["bleu"], floor, colour, filled=False, note=f"lr {_short(p['rate'])}")
+            for i, p in enumerate(others):
+                _draw(ax, x + 0.3 + 0.05 * i, p["bleu"], floor, colour, filled=False,
+                      note=f"lr {_short(p['rate'])}")
         ax.set_xticks(range(len(variants)), [v[2] for v in variants], rotation=20, ha="right")
         ax.set_title(f"{layers} layers")
         ax.set_ylim(floor - 0.4, top)
