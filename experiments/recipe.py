@@ -254,18 +254,18 @@ def plot_comparisons(points: Sequence[dict[str, Any]], path: Path) -> Path:
         raise ValueError("no recipe runs to plot: the folder holds no run results (<name>.json with test_bleu)")
     trained = [p["bleu"] for p in points if p["chosen"] and not p["collapsed"]] or [p["bleu"] for p in points]
     floor, top = min(trained) - 1.0, max(p["bleu"] for p in points) + 0.6
-    def order(variant: tuple[str, float, str]) -> tuple[int, float]:
-        scheme, lam, _ = variant
+    def order(variant: tuple[str, float]) -> tuple[int, float]:
+        scheme, lam = variant
         return SCHEME_ORDER.index(scheme) if scheme in SCHEME_ORDER else len(SCHEME_ORDER), lam
 
-    every = sorted({(p["scheme"], p["lambda"], p["label"]) for p in points}, key=order)
-    colours = {variant: f"C{i % 10}" for i, variant in enumerate(every)}  # one colour per scheme in every panel
+    labels = {(p["scheme"], p["lambda"]): p["label"] for p in points}
+    colours = {variant: f"C{i % 10}" for i, variant in enumerate(sorted(labels, key=order))}  # same in every panel
     fig, axes = plt.subplots(1, len(depths), figsize=(6 * len(depths), 4.6), sharey=True, squeeze=False)
     for ax, layers in zip(axes[0], depths):
         mine = [p for p in points if p["layers"] == layers]
-        variants = sorted({(p["scheme"], p["lambda"], p["label"]) for p in mine}, key=order)
-        for x, (scheme, lam, label) in enumerate(variants):
-            colour = colours[scheme, lam, label]
+        variants = sorted({(p["scheme"], p["lambda"]) for p in mine}, key=order)
+        for x, (scheme, lam) in enumerate(variants):
+            colour = colours[scheme, lam]
             runs = [p for p in mine if (p["scheme"], p["lambda"]) == (scheme, lam)]
             chosen = sorted((p for p in runs if p["chosen"]), key=lambda p: p["seed"])
             others = sorted((p for p in runs if not p["chosen"]), key=lambda p: (p["rate"], p["seed"]))
@@ -282,7 +282,7 @@ def plot_comparisons(points: Sequence[dict[str, Any]], path: Path) -> Path:
             for i, p in enumerate(others):
                 _draw(ax, x + 0.3 + 0.05 * i, p["bleu"], floor, colour, filled=False,
                       note=f"lr {_short(p['rate'])}")
-        ax.set_xticks(range(len(variants)), [v[2] for v in variants], rotation=20, ha="right")
+        ax.set_xticks(range(len(variants)), [labels[v] for v in variants], rotation=20, ha="right")
         ax.set_title(f"{layers} layers")
         ax.set_ylim(floor - 0.4, top)
         ax.grid(axis="y", alpha=0.3)
@@ -324,11 +324,44 @@ def _load(folder: Path) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]
     return runs, {name: h for name in runs if (h := _hypotheses(folder, name)) is not None}
 
 
+def _rates_searched(runs: dict[str, dict[str, Any]], groups: dict[Group, list[str]], hypotheses: dict[str, list[str]],
+                    references: list[str]) -> list[str]:
+    """What the rate search found: every run at a rate other than its scheme's chosen one (:func:`_chosen`) against
+    the chosen-rate run of the same depth, scheme, λ and seed, by validation BLEU (the rule the rates were chosen by)
+    and test BLEU with sacreBLEU's paired bootstrap."""
+    from experiments.reproduce import Variant, paired_bootstrap
+
+    lines: list[str] = []
+    for (layers, scheme, lam, _), names in groups.items():
+        chosen = _chosen(runs, groups, hypotheses, layers, scheme, lam)
+        for name in names:
+            partner = chosen.get(runs[name]["seed"])
+            if name not in hypotheses or partner is None or partner == name:
+                continue
+            if not lines:
+                lines = ["", "Rates searched: each run at another rate against its scheme's run at the chosen rate, "
+                         "same depth and seed:", "",
+                         "| layers | scheme | seed | rate / chosen rate | val BLEU | test BLEU | test difference | "
+                         "paired bootstrap p |", "|---|---|---|---|---|---|---|---|"]
+            mine, theirs = runs[name], runs[partner]
+            test = paired_bootstrap(hypotheses[partner], hypotheses[name], references)
+            lines.append(f"| {layers} | {Variant(scheme, float(lam)).label} | {mine['seed']} | {_lr(mine)} / "
+                         f"{_lr(theirs)} | {mine.get('eval_bleu', float('nan')):.2f} / "
+                         f"{theirs.get('eval_bleu', float('nan')):.2f} | {mine['test_bleu']:.2f} / "
+                         f"{theirs['test_bleu']:.2f} | {mine['test_bleu'] - theirs['test_bleu']:+.2f} | {test['p_value']:.3f}"
+                         f"{_across(mine, theirs)} |")
+    return lines
+
+
 def report(folder: Path) -> str:
+    """``table.md``'s text for a folder of recipe runs (the module's docstring says what it holds)."""
+    return _report(folder, *_load(folder))
+
+
+def _report(folder: Path, runs: dict[str, dict[str, Any]], hypotheses: dict[str, list[str]]) -> str:
     from experiments.reproduce import paired_bootstrap
     from hf_rskip.data import clean_pairs, load_recipe
 
-    runs, hypotheses = _load(folder)
     test, _ = clean_pairs(load_recipe("local_multi30k_en_de")["test"], "en", "de")
     references = [pair["de"] for pair in test["translation"]]
     # (layers, seed) → Post-LN's run at its chosen rate for that depth
@@ -360,6 +393,7 @@ def report(folder: Path) -> str:
     collapsed = {name for name, count in distinct.items() if _collapsed(count, len(hypotheses[name]))}
     lines += _by_scheme(runs, groups, baselines, versus_post_ln, collapsed)
     lines += _head_to_head(runs, groups, hypotheses, references)
+    lines += _rates_searched(runs, groups, hypotheses, references)
     if any(ACROSS_PRECISION in line for line in lines):
         lines += ["", f"{ACROSS_PRECISION} the two runs compared trained in different precision (bf16 autocast and "
                   "float32: the precision column): the difference carries the precision as well as the scheme."]
@@ -376,9 +410,13 @@ def report(folder: Path) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     folder = Path(args[0] if args else "results/recipe")
-    text = report(folder)
+    runs, hypotheses = _load(folder) if folder.is_dir() else ({}, {})
+    if not runs:  # before anything is written: an existing table is not replaced by an empty one
+        raise SystemExit(f"experiments.recipe: {folder} holds no recipe runs (<name>.json with test_bleu, from "
+                         "run_translation.py's results.json)")
+    text = _report(folder, runs, hypotheses)
     (folder / "table.md").write_text(text, encoding="utf-8")
-    plot_comparisons(comparison_points(*_load(folder)), folder / "comparisons.png")
+    plot_comparisons(comparison_points(runs, hypotheses), folder / "comparisons.png")
     print(text)
     return 0
 

@@ -226,24 +226,26 @@ def test_a_pair_across_precision_is_marked(shared_data, tmp_path: Path) -> None:
     assert "†" not in report(tmp_path)
 
 
+def _run_file(folder: Path, name: str, hypotheses, **fields) -> None:
+    """One run's ``results.json`` copy (``fields`` over a run that took 10 minutes on one thread) and its test
+    hypotheses, as the report reads them."""
+    (folder / f"{name}.json").write_text(json.dumps({"test_chrf": 60.0, "train_runtime": 600.0, "threads": 1,
+                                                     **fields}))
+    (folder / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
+
+
 def _post_ln_runs(folder: Path, runs: dict[str, tuple[int, dict]]) -> None:
     """Writes Post-LN runs (name → seed and the fields that differ) that translate the test set perfectly."""
-    references = _references()
     for name, (seed, recorded) in runs.items():
-        (folder / f"{name}.json").write_text(json.dumps({
-            "residual_scheme": "post_ln", "skip_lambda": 1, "seed": seed, "test_bleu": 100.0, "test_chrf": 90.0,
-            "eval_bleu": 100.0, "train_runtime": 600.0, "threads": 2, **recorded}))
-        (folder / f"{name}.test.txt").write_text("\n".join(references) + "\n")
+        _run_file(folder, name, _references(), residual_scheme="post_ln", skip_lambda=1, seed=seed,
+                  test_bleu=100.0, test_chrf=90.0, eval_bleu=100.0, threads=2, **recorded)
 
 
 def _write_runs(folder: Path, runs) -> None:
     """(name, scheme, λ, rate, seed, layers, test BLEU, validation BLEU, hypotheses) → run files in ``folder``."""
     for name, scheme, lam, lr, seed, layers, bleu, val, hypotheses in runs:
-        (folder / f"{name}.json").write_text(json.dumps({
-            "residual_scheme": scheme, "skip_lambda": lam, "seed": seed, "test_bleu": bleu, "test_chrf": 60.0,
-            "eval_bleu": val, "train_runtime": 600.0, "threads": 1,
-            "options": {"learning_rate": lr, "encoder_layers": layers, "decoder_layers": layers}}))
-        (folder / f"{name}.test.txt").write_text("\n".join(hypotheses) + "\n")
+        _run_file(folder, name, hypotheses, residual_scheme=scheme, skip_lambda=lam, seed=seed, test_bleu=bleu,
+                  eval_bleu=val, options={"learning_rate": lr, "encoder_layers": layers, "decoder_layers": layers})
 
 
 def test_comparison_points_mark_each_schemes_chosen_rate_and_its_collapsed_seeds(tmp_path: Path) -> None:
@@ -293,3 +295,29 @@ def test_rates_are_written_as_the_readme_writes_them() -> None:
 
     assert [_short(r) for r in ("0.0015", "0.003", "0.00075", "0.0135", "1", "?")] == [
         "1.5e-3", "3e-3", "7.5e-4", "1.35e-2", "1", "?"]
+
+
+def test_the_rate_search_sets_each_other_rate_against_the_chosen_one_of_its_seed(shared_data, tmp_path: Path) -> None:
+    references = list(_references())
+    worse = [" ".join(line.split()[:-2]) for line in references]
+    _write_runs(tmp_path, [("xskip-s1", "xskip_ln", 2.0, 3e-3, 1, 6, 100.0, 40.0, references),
+                           ("xskip-s2", "xskip_ln", 2.0, 3e-3, 2, 6, 100.0, 40.0, references),
+                           # another rate in seed 1 only: set against seed 1 at 3e-3; seed 3 has no partner
+                           ("xskip-lo-s1", "xskip_ln", 2.0, 1.5e-3, 1, 6, 70.0, 35.0, worse),
+                           ("xskip-lo-s3", "xskip_ln", 2.0, 1.5e-3, 3, 6, 70.0, 35.0, worse)])
+    rows = [line for line in report(tmp_path).splitlines() if line.startswith("| 6+6 | xSkip+LN λ=2 |")]
+    assert rows == ["| 6+6 | xSkip+LN λ=2 | 1 | 0.0015 / 0.003 | 35.00 / 40.00 | 70.00 / 100.00 | -30.00 | 0.001 |"]
+
+
+def test_the_command_refuses_a_folder_without_runs_and_leaves_its_table(tmp_path: Path) -> None:
+    import pytest
+
+    from experiments.recipe import main
+
+    (tmp_path / "table.md").write_text("the table from before\n")
+    (tmp_path / "notes.json").write_text(json.dumps({"averaged_greedy": 33.3}))  # no test_bleu: not a run
+    for folder in (tmp_path, tmp_path / "missing"):
+        with pytest.raises(SystemExit, match=f"{folder} holds no recipe runs"):
+            main([str(folder)])
+    assert (tmp_path / "table.md").read_text() == "the table from before\n"
+    assert not (tmp_path / "comparisons.png").exists()
