@@ -12,7 +12,8 @@ resamples; a pair whose runs trained in different precision, bf16 autocast again
 a scheme has several seeds, a second table gives its mean ± std, the seed-paired difference to Post-LN and the
 seeds that collapsed, and a third sets schemes head to head, seed by seed, each at its chosen rate (most seeds,
 then validation BLEU): rSkip+LN against xSkip+LN of the same λ (the paper's "the recursion helps"), against
-rSkip+LN of the next smaller λ, and against Pre-LN.
+rSkip+LN of the next smaller λ, and against Pre-LN; a fourth sets every run at another rate against its scheme's run
+at the chosen rate, same seed (what the rate search found).
 ``<name>-ablation.json`` files (what averaging and beam search bought, from decoding the same run's checkpoints)
 are listed under the tables. ``comparisons.png`` beside the table draws every run's test BLEU, one panel per depth:
 each scheme's seeds at its chosen rate filled, with their mean, the other rates searched hollow; runs far below the
