@@ -32,6 +32,7 @@ import math
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -235,24 +236,33 @@ PRESETS: dict[str, dict[str, Any]] = {
                  dropout=0.1, label_smoothing=0.1, max_grad_norm=1.0, weight_decay=1e-4, probe_pairs=32,
                  logging_steps=10),
     ),
-    # Many small runs at once on one GPU (bf16), 8 worker processes: an estimate from step times of models this size,
-    # not yet timed on a GPU (about 10 minutes before the text search moved to the final budget, so ~15 now).
+    # One GPU (bf16 autocast), 12 runs at once, sized for the ~10 minutes a lent H200 gives here. It goes deeper than
+    # the cpu preset where CPUs cannot: the Multi30k recipe at 12+12 (d_model 256, same data, batch, schedule,
+    # averaging and beam as the cpu preset's 3+3 and 6+6, whose 6+6 runs give the rates below: no search here, each
+    # scheme at the rate it trained best at 6+6) and the paper's PreAct-ResNet-110 on the 4,000 CIFAR-10 images, 3
+    # seeds each; the gradient analysis runs beside them in one more process. Run it with the CUDA MPS daemon on,
+    # so the small models' kernels run side by side (README, "The gpu preset").
     "gpu": dict(
-        jobs=8, threads=None,
+        jobs=12, threads=1,
         text=dict(
             data=dict(max_train_pairs=None, max_valid_pairs=500, max_test_pairs=None, vocab_size=8000, max_length=64),
-            depths={"3+3": _text_size(256, 3), "12+12": _text_size(128, 12)},
-            variants=_TEXT_VARIANTS,
-            seeds=[0, 1, 2], lr_grid=[5e-4, 1e-3, 2e-3], search_steps="final", steps=1200, warmup_steps=300,
-            max_tokens=4096, dropout=0.1, label_smoothing=0.1, num_beams=4, eval_every=300,
+            depths={"12+12": _text_size(256, 12)},
+            variants=[("post_ln", 1), ("pre_ln", 1), ("xskip_ln", 2), ("rskip_ln", 2), ("rskip_ln", 3)],
+            seeds=[0, 1, 2], lr_grid=[1.5e-3],
+            learning_rates={"post_ln": 1.5e-3, "pre_ln": 1.5e-3, "xskip_ln-2": 1.5e-3, "rskip_ln-2": 3e-3,
+                            "rskip_ln-3": 3e-3},
+            search_steps="final", steps=1000, warmup_steps=300, max_tokens=4096, dropout=0.1, label_smoothing=0.1,
+            num_beams=5, length_penalty=1.0, eval_every=100, lr_scheduler="inverse_sqrt", weight_decay=1e-4,
+            average_last=3, average_every=100, mixed_precision="auto", decode_batch_size=250,
         ),
+        # He et al.'s ResNet-110 setting (SGD 0.1, momentum 0.9, weight decay 5e-4 as in the cpu preset) with a cosine
+        # schedule, 50 epochs of the 4,000 images (1,600 steps of 128)
         vision=dict(
             data=dict(max_train_images=None, max_test_images=None, held_out=500),
-            depths={"resnet-20": dict(depth=20, hidden_sizes=[16, 32, 64]),
-                    "resnet-110": dict(depth=110, hidden_sizes=[16, 32, 64])},
-            variants=_VISION_VARIANTS,
-            seeds=[0, 1, 2], lr_grid=[0.05, 0.1], search_steps=200, steps=800, warmup_steps=100, batch_size=128,
-            eval_every=200,
+            depths={"resnet-110": dict(depth=110, hidden_sizes=[16, 32, 64])},
+            variants=[("xskip", 1), ("rskip_ln", 2), ("rskip_ln", 2, "batch")],
+            seeds=[0, 1, 2], lr_grid=[0.1], search_steps=0, steps=1600, warmup_steps=100, batch_size=128,
+            eval_every=400, weight_decay=5e-4, mixed_precision="auto", channels_last=True,
         ),
         grad=dict(text_size=_text_size(128, 18), resnet_depth=110, steps=100, batch_pairs=128, resnet_batch=128,
                   text_lr=5e-4, vision_lr=0.05, variants=_TEXT_VARIANTS),
@@ -303,6 +313,7 @@ def plan_search(task: str, settings: Mapping[str, Any]) -> list[RunSpec]:
     grid = list(settings["lr_grid"])
     if len(grid) < 2:
         return []
+    fixed = fixed_learning_rates(settings)
     phase, steps = "search", settings["search_steps"]
     if steps == "final":
         if task != "text":
@@ -313,8 +324,36 @@ def plan_search(task: str, settings: Mapping[str, Any]) -> list[RunSpec]:
         RunSpec(task, depth, variant, lr, settings["seeds"][0], phase, steps)
         for depth in settings["depths"]
         for variant in _variants(settings["variants"])
+        if (depth, variant.key) not in fixed
         for lr in grid
     ]
+
+
+def fixed_learning_rates(settings: Mapping[str, Any]) -> dict[tuple[str, str], float]:
+    """The rates a preset fixes instead of searching (``learning_rates``), per (depth, variant key).
+
+    ``learning_rates`` maps a variant key (every depth) or ``"depth/variant key"`` (one depth) to a rate, e.g.
+    rates chosen by an earlier sweep: ``{"post_ln": 1.5e-3, "12+12/rskip_ln-2": 1e-3}``. Those variants are not
+    searched.
+
+    Raises:
+        ValueError: a key that names no variant or depth of ``settings``, or a rate that is not a positive number.
+    """
+    given = settings.get("learning_rates") or {}
+    depths = list(settings["depths"])
+    keys = [variant.key for variant in _variants(settings["variants"])]
+    fixed: dict[tuple[str, str], float] = {}
+    for name, lr in given.items():
+        depth, _, key = name.rpartition("/")
+        if key not in keys or (depth and depth not in depths):
+            raise ValueError(f"learning_rates: {name!r} names no variant of this sweep; accepted: a variant key of "
+                             f"{keys}, optionally after 'depth/' with a depth of {depths}")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
+            raise ValueError(f"learning_rates: {name!r} is {lr!r}; it must be a positive number")
+        for d in ([depth] if depth else depths):
+            if depth or (d, key) not in fixed:  # a depth-specific rate wins over the every-depth one
+                fixed[(d, key)] = float(lr)
+    return fixed
 
 
 def best_learning_rates(results: Iterable[Mapping[str, Any]], *, higher_is_better: bool) -> dict[tuple[str, str], float]:
@@ -339,11 +378,13 @@ def best_learning_rates(results: Iterable[Mapping[str, Any]], *, higher_is_bette
 
 
 def plan_final(task: str, settings: Mapping[str, Any], learning_rates: Mapping[tuple[str, str], float]) -> list[RunSpec]:
-    """The final runs: every (depth, variant, seed) at its own best learning rate (or the grid's only value)."""
+    """The final runs: every (depth, variant, seed) at its own learning rate: the preset's fixed one
+    (:func:`fixed_learning_rates`), else the search's best, else the grid's only value."""
     specs = []
+    fixed = fixed_learning_rates(settings)
     for depth in settings["depths"]:
         for variant in _variants(settings["variants"]):
-            lr = learning_rates.get((depth, variant.key), settings["lr_grid"][0])
+            lr = fixed.get((depth, variant.key), learning_rates.get((depth, variant.key), settings["lr_grid"][0]))
             specs.extend(RunSpec(task, depth, variant, lr, seed, "final", settings["steps"]) for seed in settings["seeds"])
     return specs
 
@@ -411,6 +452,31 @@ def _worker_run(spec_dict: Mapping[str, Any], out_dir: str) -> dict[str, Any]:
     return _run_and_save(_WORKER["context"].train, spec, Path(out_dir))
 
 
+def _worker_gradients(tasks: Sequence[str], out_dir: str) -> dict[str, Any]:
+    """The gradient analysis in a side process, beside the sweep's workers; saved as soon as it is done."""
+    analysis = gradient_analysis(_WORKER["context"].preset, _WORKER["context"], tasks=tasks,
+                                 log=lambda message: print(f"[gradients] {message}", file=sys.stderr, flush=True))
+    _save_json(Path(out_dir) / GRADIENTS_FILE, analysis)
+    return analysis
+
+
+GRADIENTS_FILE = "gradient_analysis.json"
+"""The gradient analysis of a sweep's folder, kept like a finished run: reused by a resumed sweep and the report."""
+
+
+def _saved_gradients(out_dir: Path, preset: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, Any] | None:
+    """The saved gradient analysis of ``out_dir`` if it was made with this preset's ``grad`` settings for these
+    tasks, else None."""
+    path = out_dir / GRADIENTS_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    wanted = [task for task in ("text", "vision") if task in tasks]
+    if saved.get("settings") != json.loads(json.dumps(preset.get("grad"))) or any(t not in saved for t in wanted):
+        return None
+    return saved
+
+
 def run_specs(
     specs: Sequence[RunSpec],
     train_fn: TrainFn,
@@ -455,6 +521,13 @@ def run_specs(
         if todo:
             log(f"report only: {len(todo)} of {len(specs)} runs not done yet are left out")
         return [results[spec.run_id] for spec in specs if spec.run_id in results]
+    # the first seed of every setting first, then the second, ...: a sweep stopped early (a time limit, a lost
+    # machine) has every setting at some seeds rather than some settings at every seed
+    seed_rank: dict[tuple[str, int], int] = {}
+    for spec in specs:
+        seeds_of_task = sum(1 for task, _ in seed_rank if task == spec.task)
+        seed_rank.setdefault((spec.task, spec.seed), seeds_of_task)
+    todo.sort(key=lambda spec: seed_rank[(spec.task, spec.seed)])
     if todo:
         log(f"{len(todo)} runs to do ({len(specs) - len(todo)} already done), {jobs} at a time")
     if jobs <= 1 or len(todo) <= 1:
@@ -670,7 +743,8 @@ def train_text_run(spec: RunSpec, settings: Mapping[str, Any], data: TextData) -
     }
     if spec.phase == "final":
         hypotheses = generate_translations(model, data.tokenizer, data.test_sources, num_beams=settings["num_beams"],
-                                           length_penalty=settings.get("length_penalty", 1.0), batch_size=64,
+                                           length_penalty=settings.get("length_penalty", 1.0),
+                                           batch_size=int(settings.get("decode_batch_size", 64)),
                                            accelerator=accelerator)
         scores = score_translations(hypotheses, data.test_references)
         out.update(metric=scores["bleu"], test_bleu=scores["bleu"], test_chrf=scores["chrf"],
@@ -883,6 +957,12 @@ def gradient_analysis(preset: Mapping[str, Any], context: ReproduceContext, *, t
     grad = preset["grad"]
     out: dict[str, Any] = {"settings": copy.deepcopy(grad)}
     variants = _variants(grad["variants"])
+    # fp32 on the GPU where there is one (a measurement, not a speed test): the deep stacks take minutes on a CPU
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out["device"] = _device_name().replace(" (bf16)", " (fp32)")
+
+    def on_device(batch: Mapping[str, Any]) -> dict[str, Any]:
+        return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
     if "text" in tasks:
         data = context.text_data
         out["text"] = {}
@@ -892,7 +972,8 @@ def gradient_analysis(preset: Mapping[str, Any], context: ReproduceContext, *, t
             collator = DataCollatorForSeq2Seq(data.tokenizer, model=model, label_pad_token_id=-100)
             loader = DataLoader(data.train, batch_size=grad["batch_pairs"], shuffle=True, collate_fn=collator,
                                 generator=torch.Generator().manual_seed(0))
-            batches = iter(loader)
+            model.to(device)
+            batches = (on_device(batch) for batch in loader)
             probe = next(batches)
             optimizer = torch.optim.AdamW(model.parameters(), lr=grad["text_lr"], betas=(0.9, 0.98))
             profiles = grad_norms_during_training(model, batches, optimizer, measure_at=(0, grad["steps"]),
@@ -914,12 +995,12 @@ def gradient_analysis(preset: Mapping[str, Any], context: ReproduceContext, *, t
         def image_batch(index: int) -> dict[str, torch.Tensor]:
             idx = order[(index * batch_size) % len(order):][:batch_size]
             pixels = normalize_images(data_v.train_images[idx], CIFAR10_MEAN, CIFAR10_STD)
-            return {"pixel_values": pixels, "labels": data_v.train_labels[idx]}
+            return on_device({"pixel_values": pixels, "labels": data_v.train_labels[idx]})
 
         for variant in vision_variants:
             torch.manual_seed(0)
             model = RSkipResNetForImageClassification(RSkipResNetConfig(depth=grad["resnet_depth"], num_labels=10,
-                                                                        **variant.config_options()))
+                                                                        **variant.config_options())).to(device)
             optimizer = torch.optim.SGD(model.parameters(), lr=grad["vision_lr"], momentum=0.9)
             batches = (image_batch(i) for i in range(1, grad["steps"] + 2))
             profiles = grad_norms_during_training(model, batches, optimizer, measure_at=(0, grad["steps"]),
@@ -1336,6 +1417,9 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
     """The body of :func:`reproduce`, run with the preset's thread count."""
     context = ReproduceContext(preset, out_dir)
     train = train_fn or context.train
+    started_path = out_dir / "sweep.json"  # what started the sweep: a report on a stopped one still names it
+    if not report_only and sweeps:
+        _save_json(started_path, {"command": command, "preset": preset_name, "settings": preset})
     jobs = int(preset.get("jobs", 1)) if train_fn is None else 1
     if jobs > 1 and sweeps:
         for task in tasks:  # build the tokenizer once here, so the worker processes all load the same one
@@ -1344,7 +1428,19 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
     search_results: list[dict[str, Any]] = []
     final_results: list[dict[str, Any]] = []  # the runs that the table reports (not the other rates of a search)
     chosen_lr: dict[str, dict[str, float]] = {}
+    fixed_lr: dict[str, dict[str, float]] = {}
     map_rows: list[dict[str, Any]] = []
+    analysis = _saved_gradients(out_dir, preset, tasks) if gradients and "grad" in preset else None
+    gradients_pool = gradients_future = None
+    if gradients and analysis is None and not report_only and sweeps and jobs > 1:
+        # one more process measures the gradients while the sweep's workers train (a GPU box's cores are many)
+        import concurrent.futures
+        import multiprocessing
+
+        gradients_pool = concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+            initargs=(dict(preset), str(out_dir)))
+        gradients_future = gradients_pool.submit(_worker_gradients, list(tasks), str(out_dir))
     if sweeps and "map" in tasks and "map" in preset:
         from .trainability import aggregate_map, map_specs
 
@@ -1352,18 +1448,21 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
                              only_existing=report_only, log=log)
         map_rows = aggregate_map(map_runs)
         search_results += []  # the map is reported on its own
-    for task in [t for t in tasks if t != "map"] if sweeps else ():
-        if task not in preset:
-            continue
-        settings = preset[task]
-        search = run_specs(plan_search(task, settings), train, out_dir, jobs=jobs, preset=preset,
-                           only_existing=report_only, log=log)
-        best = best_learning_rates(search, higher_is_better=(task == "vision"))
+    # every task's runs in one pool: on a GPU text and image runs share the device side by side
+    sweep_tasks = [t for t in tasks if t != "map" and t in preset] if sweeps else []
+    search_results = run_specs([spec for task in sweep_tasks for spec in plan_search(task, preset[task])], train,
+                               out_dir, jobs=jobs, preset=preset, only_existing=report_only, log=log)
+    final_specs = []
+    for task in sweep_tasks:
+        best = best_learning_rates([r for r in search_results if r["spec"]["task"] == task],
+                                   higher_is_better=(task == "vision"))
         chosen_lr[task] = {f"{depth}/{variant}": lr for (depth, variant), lr in best.items()}
-        final = run_specs(plan_final(task, settings, best), train, out_dir, jobs=jobs, preset=preset,
-                          only_existing=report_only, log=log)
-        final_results += final
-        search_results += search
+        fixed = fixed_learning_rates(preset[task])
+        if fixed:
+            fixed_lr[task] = {f"{depth}/{variant}": lr for (depth, variant), lr in fixed.items()}
+        final_specs += plan_final(task, preset[task], best)
+    final_results = run_specs(final_specs, train, out_dir, jobs=jobs, preset=preset, only_existing=report_only,
+                              log=log)
     # every run once: with search_steps="final" the chosen search runs are final runs too
     all_results = list({result["run_id"]: result for result in search_results + final_results}.values())
     rows = compare_to_reference(aggregate(final_results))
@@ -1372,12 +1471,19 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
     previous_path = out_dir / "results.json"
     previous = json.loads(previous_path.read_text(encoding="utf-8")) if previous_path.is_file() else {}
     report_command = ""
-    if report_only and previous.get("command"):  # keep what produced the runs; say what rebuilt the report
-        command, report_command = previous["command"], command
-    if gradients and report_only:  # reuse the analysis of an earlier run of this folder, if there is one
-        analysis = previous.get("gradient_analysis")
-    else:
-        analysis = gradient_analysis(preset, context, tasks=tasks, log=log) if gradients else None
+    started_by = json.loads(started_path.read_text(encoding="utf-8")) if started_path.is_file() else {}
+    produced_by = previous.get("command") or started_by.get("command")
+    if report_only and produced_by:  # keep what produced the runs; say what rebuilt the report
+        command, report_command = produced_by, command
+    if gradients_future is not None:
+        analysis = gradients_future.result()
+        gradients_pool.shutdown()
+    elif gradients and analysis is None:
+        if report_only:  # reuse the analysis of an earlier run of this folder, if there is one
+            analysis = previous.get("gradient_analysis")
+        else:
+            analysis = gradient_analysis(preset, context, tasks=tasks, log=log)
+            _save_json(out_dir / GRADIENTS_FILE, analysis)
 
     plots: dict[str, str] = {}
     if map_rows:
@@ -1403,7 +1509,9 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
     if command:
         header += [f"Command: `{command}`" + (f" (report rebuilt by `{report_command}`)" if report_command else ""), ""]
     header += ["Every scheme: same size, data, steps and seeds; its own learning rate from the grid "
-               f"(chosen on held-out data): {json.dumps(chosen_lr)}.", ""]
+               f"(chosen on held-out data): {json.dumps(chosen_lr)}"
+               + (f"; or fixed by the preset (rates chosen by earlier runs): {json.dumps(fixed_lr)}" if fixed_lr else "")
+               + ".", ""]
     body = header + [table]
     if map_rows:
         from .trainability import map_table, ratio_table
@@ -1422,7 +1530,8 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
 
     summary = {
         "preset": preset_name, "command": command, "report_command": report_command, "settings": preset, "device": _device_name(),
-        "wall_s": round(time.perf_counter() - started, 1), "learning_rates": chosen_lr, "rows": rows,
+        "wall_s": round(time.perf_counter() - started, 1), "learning_rates": chosen_lr, "fixed_learning_rates": fixed_lr,
+        "rows": rows,
         "data": {"text": context._text.description if context._text else None,
                  "vision": context._vision.description if context._vision else None},
         "gradient_analysis": analysis, "plots": plots, "map": map_rows,
@@ -1448,6 +1557,7 @@ __all__ = [
     "VisionData",
     "aggregate",
     "best_learning_rates",
+    "fixed_learning_rates",
     "compare_to_reference",
     "get_preset",
     "grad_summary_table",

@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train nothing; rebuild table.md, results.json and plots from the finished runs in "
                              "--output_dir (a report on a sweep still running or stopped) (default: off)")
     parser.add_argument("--jobs", type=int, default=None,
-                        help="runs at once (default: the preset's: 1 for smoke, 2 for cpu, 8 for gpu)")
+                        help="runs at once (default: the preset's: 1 for smoke, 2 for cpu, 12 for gpu)")
     parser.add_argument("--override", default=None,
                         help='JSON merged into the preset, e.g. \'{"text": {"seeds": [0, 1, 2]}}\' (default: none)')
     parser.add_argument("--threads", type=int, default=None,

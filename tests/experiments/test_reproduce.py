@@ -17,6 +17,7 @@ from experiments.reproduce import (
     aggregate,
     best_learning_rates,
     compare_to_reference,
+    fixed_learning_rates,
     get_preset,
     markdown_table,
     plan_final,
@@ -48,13 +49,42 @@ def test_variant_keys_labels_and_parse_round_trip():
 
 
 def test_presets_cover_the_papers_grid():
-    cpu_text = {Variant(*v).key for v in PRESETS["gpu"]["text"]["variants"]}
-    assert cpu_text == {"post_ln", "pre_ln", "xskip-1", "xskip-2", "xskip_ln-2", "rskip_ln-2", "rskip_ln-3"}
-    assert {"rskip_ln-2-bn", "post_ln-bn"} <= {Variant(*v).key for v in PRESETS["gpu"]["vision"]["variants"]}
+    issue_text = {"post_ln", "pre_ln", "xskip_ln-2", "rskip_ln-2", "rskip_ln-3"}
     for name in ("cpu", "gpu"):
-        assert len(PRESETS[name]["text"]["depths"]) >= 2  # depth is an axis
-        grad_layers = PRESETS[name]["grad"]["text_size"]["encoder_layers"]
-        assert grad_layers >= 18
+        preset = PRESETS[name]
+        assert {Variant(*v).key for v in preset["text"]["variants"]} == issue_text
+        assert {Variant(*v).key for v in preset["vision"]["variants"]} == {"xskip-1", "rskip_ln-2", "rskip_ln-2-bn"}
+        assert len(preset["text"]["seeds"]) == len(preset["vision"]["seeds"]) == 3
+        assert preset["grad"]["text_size"]["encoder_layers"] >= 18 and preset["grad"]["resnet_depth"] == 110
+        # the xSkip-without-norm claim is the gradient analysis's and the map's: every scheme of the paper there
+        assert {Variant(*v).key for v in preset["grad"]["variants"]} >= issue_text | {"xskip-1", "xskip-2"}
+        for task in ("text", "vision"):  # every fixed rate names a variant of the sweep
+            fixed_learning_rates(preset[task])
+    assert len(PRESETS["cpu"]["text"]["depths"]) >= 2  # depth is an axis
+    # the gpu preset goes where CPUs cannot: a deeper text stack, the paper's ResNet-110; every text scheme at a rate
+    deepest_cpu = max(size["encoder_layers"] for size in PRESETS["cpu"]["text"]["depths"].values())
+    assert min(size["encoder_layers"] for size in PRESETS["gpu"]["text"]["depths"].values()) > deepest_cpu
+    assert [size["depth"] for size in PRESETS["gpu"]["vision"]["depths"].values()] == [110]
+    assert plan_search("text", PRESETS["gpu"]["text"]) == []
+    assert {s.variant.key: s.learning_rate for s in plan_final("text", PRESETS["gpu"]["text"], {})} == \
+        PRESETS["gpu"]["text"]["learning_rates"]
+
+
+def test_fixed_learning_rates_replace_the_search_for_their_variants():
+    settings = {**SETTINGS, "learning_rates": {"post_ln": 5e-4, "b/post_ln": 7e-4}}
+    assert fixed_learning_rates(settings) == {("a", "post_ln"): 5e-4, ("b", "post_ln"): 7e-4}
+    search = plan_search("text", settings)
+    assert {s.variant.key for s in search} == {"rskip_ln-2"} and len(search) == 2 * 2  # 2 depths x 2 rates
+    final = plan_final("text", settings, {("a", "rskip_ln-2"): 2e-3, ("a", "post_ln"): 2e-3})
+    assert {(s.depth, s.variant.key): s.learning_rate for s in final} == {
+        ("a", "post_ln"): 5e-4, ("b", "post_ln"): 7e-4, ("a", "rskip_ln-2"): 2e-3, ("b", "rskip_ln-2"): 1e-3}
+    for bad, message in (({"rskip_ln-9": 1e-3}, r"'rskip_ln-9' names no variant of this sweep; accepted: a variant"),
+                         ({"c/post_ln": 1e-3}, r"'c/post_ln' names no variant"),
+                         ({"post_ln": 0}, r"'post_ln' is 0; it must be a positive number"),
+                         ({"post_ln": "1e-3"}, r"'post_ln' is '1e-3'; it must be a positive number"),
+                         ({"post_ln": float("nan")}, r"it must be a positive number")):
+        with pytest.raises(ValueError, match=message):
+            plan_final("text", {**SETTINGS, "learning_rates": bad}, {})
 
 
 def test_get_preset_merges_nested_overrides_without_touching_the_original():
@@ -151,6 +181,21 @@ def test_run_specs_saves_each_result_and_skips_finished_runs(tmp_path):
     assert len(calls) == len(specs) and saved == again[0]
 
 
+def test_run_specs_trains_the_first_seed_of_every_setting_first(tmp_path):
+    """A sweep stopped early has every setting at some seeds, not some settings at every seed."""
+    calls: list[tuple[str, int]] = []
+
+    def fake_train(spec: RunSpec) -> dict:
+        calls.append((spec.task, spec.seed))
+        return {"metric": 1.0, "history": []}
+
+    specs = plan_final("text", {**SETTINGS, "seeds": [5, 1, 3]}, {}) + plan_final("vision", SETTINGS, {})
+    results = run_specs(specs, fake_train, tmp_path, log=lambda _: None)
+    assert [r["run_id"] for r in results] == [s.run_id for s in specs]  # reported in plan order
+    ranks = [{"text": [5, 1, 3], "vision": [0, 1]}[task].index(seed) for task, seed in calls]
+    assert ranks == sorted(ranks) and calls[:8] == [("text", 5)] * 4 + [("vision", 0)] * 4
+
+
 def _final(task, depth, variant, seed, metric, diverged=False):
     spec = RunSpec(task, depth, Variant.parse(variant), 1e-3, seed, "final", 10)
     return {"spec": spec.to_dict(), "metric": metric, "metric_name": "BLEU", "diverged": diverged,
@@ -241,6 +286,42 @@ def test_micro_sweep_end_to_end_with_the_real_training_code(tmp_path, shared_dat
         assert (tmp_path / name).stat().st_size > 0, name
     table = (tmp_path / "table.md").read_text()
     assert "Δ > seed spread?" in table and "Gradient norm per layer" in table
+    # the analysis is kept like a finished run: a report rebuilt from the folder carries it
+    assert json.loads((tmp_path / "gradient_analysis.json").read_text()) == json.loads(json.dumps(grads))
+    (tmp_path / "results.json").unlink()  # as if the sweep had been stopped before its report
+    report = reproduce(preset, tmp_path, report_only=True, command="rebuild", log=lambda _: None)
+    assert report["gradient_analysis"] == json.loads(json.dumps(grads))
+    assert (report["command"], report["report_command"]) == ("pytest", "rebuild")
+
+
+def test_parallel_sweep_shares_one_pool_and_measures_gradients_beside_it(tmp_path, shared_data):
+    """jobs > 1 (the gpu preset's way): worker processes train text and image runs from one pool while one more
+    process measures the gradients; the first seed of every setting is trained first."""
+    tiny_text = {"d_model": 16, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
+                 "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32}
+    preset = get_preset("smoke", {
+        "jobs": 2,
+        "text": {"data": {"max_train_pairs": 200, "max_valid_pairs": 10, "max_test_pairs": 5, "vocab_size": 150,
+                          "max_length": 16},
+                 "depths": {"1+1": tiny_text}, "variants": [["post_ln", 1]], "lr_grid": [1e-3], "steps": 2,
+                 "eval_every": 2, "max_tokens": 256, "learning_rates": {"post_ln": 2e-3}},
+        "vision": {"data": {"max_train_images": 32, "max_test_images": 16, "held_out": 8},
+                   "depths": {"resnet-8": {"depth": 8, "hidden_sizes": [4, 8, 8]}}, "variants": [["xskip", 1]],
+                   "steps": 2, "batch_size": 16, "eval_every": 2},
+        "grad": {"text_size": tiny_text, "resnet_depth": 8, "steps": 1, "batch_pairs": 4, "resnet_batch": 4,
+                 "variants": [["rskip_ln", 2]]},
+    })
+    messages: list[str] = []
+    summary = reproduce(preset, tmp_path, log=messages.append)
+    assert {(r["task"], r["variant"], r["n"]) for r in summary["rows"]} == {("text", "post_ln", 2),
+                                                                           ("vision", "xskip-1", 2)}
+    assert summary["fixed_learning_rates"] == {"text": {"1+1/post_ln": 2e-3}}
+    assert {r["spec"]["learning_rate"] for r in summary["runs"] if r["spec"]["task"] == "text"} == {2e-3}
+    assert "4 runs to do (0 already done), 2 at a time" in messages
+    grads = json.loads((tmp_path / "gradient_analysis.json").read_text())
+    assert set(grads["text"]) == {"rskip_ln-2"} and set(grads["vision"]) == {"xskip-1", "rskip_ln-2"}
+    assert summary["gradient_analysis"] == grads
+    assert "fixed by the preset (rates chosen by earlier runs)" in (tmp_path / "table.md").read_text()
 
 
 def test_paired_bootstrap_finds_a_real_difference_and_not_a_fake_one():
