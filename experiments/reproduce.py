@@ -1096,8 +1096,12 @@ def paired_bootstrap(baseline: Sequence[str], system: Sequence[str], references:
     Returns:
         ``delta`` (system BLEU minus baseline BLEU on the full set) and ``p_value`` (the probability of a difference
         at least this large by chance, estimated from ``samples`` resamples of the test sentences; sacreBLEU's fixed
-        seed, ``SACREBLEU_SEED``, makes it repeatable).
+        seed, ``SACREBLEU_SEED``, makes it repeatable). Identical outputs (two runs collapsed to the same sentence,
+        say) are no difference at all: delta 0 and p 1, where sacreBLEU's own test gives the smallest p it can
+        (its p counts resamples with a difference strictly above the observed one, and none is above 0).
     """
+    if list(baseline) == list(system):
+        return {"delta": 0.0, "p_value": 1.0}
     from sacrebleu.metrics import BLEU
     from sacrebleu.significance import PairedTest
 
@@ -1529,7 +1533,9 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
     (out_dir / "table.md").write_text("\n".join(body), encoding="utf-8")
 
     summary = {
-        "preset": preset_name, "command": command, "report_command": report_command, "settings": preset, "device": _device_name(),
+        "preset": preset_name, "command": command, "report_command": report_command, "settings": preset,
+        # a report rebuilt elsewhere (a laptop, from a GPU box's runs) keeps the device that trained them
+        "device": previous.get("device", _device_name()) if report_only else _device_name(),
         "wall_s": round(time.perf_counter() - started, 1), "learning_rates": chosen_lr, "fixed_learning_rates": fixed_lr,
         "rows": rows,
         "data": {"text": context._text.description if context._text else None,

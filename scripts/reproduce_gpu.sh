@@ -1,0 +1,41 @@
+#!/bin/bash
+# The gpu preset on one GPU in a fixed time: CUDA MPS on (the 12 small models' kernels then run side by side), the
+# sweep under a hard limit, the report rebuilt from whatever finished, device.txt naming the GPU. Run it again to
+# resume: finished runs are kept and skipped.
+#
+#   bash scripts/reproduce_gpu.sh [LIMIT_S=600] [more scripts/reproduce.py options]
+#
+# Output: results/paper-gpu (or the --output_dir given). Needs nvidia-smi; MPS is used where
+# nvidia-cuda-mps-control exists and works, else the runs share the GPU by time-slicing (slower).
+set -u
+START=$(date +%s)
+LIMIT=${1:-600}; [ $# -gt 0 ] && shift
+case "$LIMIT" in ''|*[!0-9]*) echo "LIMIT_S must be a whole number of seconds, got '$LIMIT'" >&2; exit 2;; esac
+DIR=results/paper-gpu
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do [ "${args[i]}" = "--output_dir" ] && DIR=${args[i+1]:-$DIR}; done
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1}
+say() { echo "[reproduce_gpu $(( $(date +%s) - START )) s] $*"; }
+PY=${PYTHON:-python}
+MPS=off
+if command -v nvidia-cuda-mps-control >/dev/null; then
+  export CUDA_MPS_PIPE_DIRECTORY=${CUDA_MPS_PIPE_DIRECTORY:-/tmp/mps-pipe} CUDA_MPS_LOG_DIRECTORY=${CUDA_MPS_LOG_DIRECTORY:-/tmp/mps-log}
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d && timeout 60 $PY -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+    MPS=on
+  else
+    echo quit | nvidia-cuda-mps-control 2>/dev/null; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  fi
+fi
+say "MPS $MPS; the sweep starts, limit $LIMIT s"
+timeout -s KILL "$LIMIT" $PY scripts/reproduce.py --preset gpu --output_dir "$DIR" "${args[@]}"; rc=$?
+pkill -9 -f "multiprocessing.spawn" 2>/dev/null  # the workers of a sweep the limit stopped
+say "sweep exit $rc"
+if [ $rc -ne 0 ]; then  # stopped (or failed): a report on the runs that finished
+  $PY scripts/reproduce.py --preset gpu --report_only --output_dir "$DIR" "${args[@]}" >/dev/null; say "report exit $?"
+fi
+mkdir -p "$DIR"
+{ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || echo "no nvidia-smi";
+  echo "MPS $MPS; sweep exit $rc (137: stopped at the $LIMIT s limit); $(( $(date +%s) - START )) s in all"; } > "$DIR/device.txt"
+[ "$MPS" = on ] && echo quit | nvidia-cuda-mps-control
+exit $rc
