@@ -523,11 +523,11 @@ def run_specs(
         return [results[spec.run_id] for spec in specs if spec.run_id in results]
     # the first seed of every setting first, then the second, ...: a sweep stopped early (a time limit, a lost
     # machine) has every setting at some seeds rather than some settings at every seed
-    seed_rank: dict[tuple[str, int], int] = {}
+    seeds: dict[str, list[int]] = {}  # per task, its seeds in plan order
     for spec in specs:
-        seeds_of_task = sum(1 for task, _ in seed_rank if task == spec.task)
-        seed_rank.setdefault((spec.task, spec.seed), seeds_of_task)
-    todo.sort(key=lambda spec: seed_rank[(spec.task, spec.seed)])
+        if spec.seed not in seeds.setdefault(spec.task, []):
+            seeds[spec.task].append(spec.seed)
+    todo.sort(key=lambda spec: seeds[spec.task].index(spec.seed))
     if todo:
         log(f"{len(todo)} runs to do ({len(specs) - len(todo)} already done), {jobs} at a time")
     if jobs <= 1 or len(todo) <= 1:
@@ -959,7 +959,7 @@ def gradient_analysis(preset: Mapping[str, Any], context: ReproduceContext, *, t
     variants = _variants(grad["variants"])
     # fp32 on the GPU where there is one (a measurement, not a speed test): the deep stacks take minutes on a CPU
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out["device"] = _device_name().replace(" (bf16)", " (fp32)")
+    out["device"] = _device_name("fp32")
 
     def on_device(batch: Mapping[str, Any]) -> dict[str, Any]:
         return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
@@ -1429,8 +1429,6 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
         for task in tasks:  # build the tokenizer once here, so the worker processes all load the same one
             if task in ("text", "map"):
                 context.text_data  # noqa: B018
-    search_results: list[dict[str, Any]] = []
-    final_results: list[dict[str, Any]] = []  # the runs that the table reports (not the other rates of a search)
     chosen_lr: dict[str, dict[str, float]] = {}
     fixed_lr: dict[str, dict[str, float]] = {}
     map_rows: list[dict[str, Any]] = []
@@ -1450,8 +1448,7 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
 
         map_runs = run_specs(map_specs(preset["map"]), train, out_dir, jobs=jobs, preset=preset,
                              only_existing=report_only, log=log)
-        map_rows = aggregate_map(map_runs)
-        search_results += []  # the map is reported on its own
+        map_rows = aggregate_map(map_runs)  # the map is reported on its own
     # every task's runs in one pool: on a GPU text and image runs share the device side by side
     sweep_tasks = [t for t in tasks if t != "map" and t in preset] if sweeps else []
     search_results = run_specs([spec for task in sweep_tasks for spec in plan_search(task, preset[task])], train,
@@ -1465,6 +1462,7 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
         if fixed:
             fixed_lr[task] = {f"{depth}/{variant}": lr for (depth, variant), lr in fixed.items()}
         final_specs += plan_final(task, preset[task], best)
+    # the runs that the table reports (not the other rates of a search)
     final_results = run_specs(final_specs, train, out_dir, jobs=jobs, preset=preset, only_existing=report_only,
                               log=log)
     # every run once: with search_steps="final" the chosen search runs are final runs too
@@ -1547,10 +1545,11 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
     return summary
 
 
-def _device_name() -> str:
+def _device_name(precision: str | None = None) -> str:
+    """Where runs of this process train, with their precision (default: the sweep's, bf16 on a GPU, fp32 on a CPU)."""
     if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (bf16)"
-    return f"cpu ({torch.get_num_threads()} threads, fp32)"
+        return f"{torch.cuda.get_device_name(0)} ({precision or 'bf16'})"
+    return f"cpu ({torch.get_num_threads()} threads, {precision or 'fp32'})"
 
 
 __all__ = [

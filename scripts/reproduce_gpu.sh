@@ -5,8 +5,8 @@
 #
 #   bash scripts/reproduce_gpu.sh [LIMIT_S=600] [more scripts/reproduce.py options]
 #
-# Output: results/paper-gpu (or the --output_dir given). Needs nvidia-smi; MPS is used where
-# nvidia-cuda-mps-control exists and works, else the runs share the GPU by time-slicing (slower).
+# Output: results/paper-gpu (or the --output_dir given). MPS is used where nvidia-cuda-mps-control exists and
+# works, else the runs share the GPU by time-slicing (slower).
 set -u
 START=$(date +%s)
 LIMIT=${1:-600}; [ $# -gt 0 ] && shift
@@ -28,8 +28,13 @@ if command -v nvidia-cuda-mps-control >/dev/null; then
   fi
 fi
 say "MPS $MPS; the sweep starts, limit $LIMIT s"
-timeout -s KILL "$LIMIT" $PY scripts/reproduce.py --preset gpu --output_dir "$DIR" "${args[@]}"; rc=$?
-pkill -9 -f "multiprocessing.spawn" 2>/dev/null  # the workers of a sweep the limit stopped
+# the sweep in a process group of its own (its worker processes join it), so the limit stops it and nothing else
+setsid $PY scripts/reproduce.py --preset gpu --output_dir "$DIR" "${args[@]}" & pid=$!
+SECONDS=0
+while kill -0 $pid 2>/dev/null && [ $SECONDS -lt "$LIMIT" ]; do sleep 1; done
+kill -KILL -- -$pid 2>/dev/null
+wait $pid; rc=$?
+kill -KILL -- -$pid 2>/dev/null  # workers a failed sweep left behind
 say "sweep exit $rc"
 if [ $rc -ne 0 ]; then  # stopped (or failed): a report on the runs that finished
   $PY scripts/reproduce.py --preset gpu --report_only --output_dir "$DIR" "${args[@]}" >/dev/null; say "report exit $?"
