@@ -236,12 +236,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                  dropout=0.1, label_smoothing=0.1, max_grad_norm=1.0, weight_decay=1e-4, probe_pairs=32,
                  logging_steps=10),
     ),
-    # One GPU (bf16 autocast), 12 runs at once, sized for the ~10 minutes a lent H200 gives here. It goes deeper than
-    # the cpu preset where CPUs cannot: the Multi30k recipe at 12+12 (d_model 256, same data, batch, schedule,
-    # averaging and beam as the cpu preset's 3+3 and 6+6, whose 6+6 runs give the rates below: no search here, each
-    # scheme at the rate it trained best at 6+6) and the paper's PreAct-ResNet-110 on the 4,000 CIFAR-10 images, 3
-    # seeds each; the gradient analysis runs beside them in one more process. Run it with the CUDA MPS daemon on,
-    # so the small models' kernels run side by side (README, "The gpu preset").
+    # One GPU (bf16 autocast), 12 runs at once, sized for the ~15 minutes a lent H200 gives here (it took 430 s +
+    # 241 s there, in two parts). It goes deeper than the cpu preset where CPUs cannot: the Multi30k recipe at 12+12
+    # (d_model 256, same data, batch, schedule, averaging and beam as the cpu preset's 3+3 and 6+6, whose 6+6 runs
+    # give the rates below: no search here, each scheme at the rate it trained best at 6+6) and the paper's
+    # PreAct-ResNet-110 on the 4,000 CIFAR-10 images, 3 seeds each; the gradient analysis runs beside them in one
+    # more process. Run it with the CUDA MPS daemon on, so the small models' kernels run side by side (README, "The
+    # gpu preset").
     "gpu": dict(
         jobs=12, threads=1,
         text=dict(
