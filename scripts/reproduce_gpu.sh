@@ -1,7 +1,7 @@
 #!/bin/bash
 # The gpu preset on one GPU in a fixed time: CUDA MPS on (the 12 small models' kernels then run side by side), the
-# sweep under a hard limit, the report rebuilt from whatever finished, device.txt naming the GPU. Run it again to
-# resume: finished runs are kept and skipped.
+# sweep under a hard limit, the report rebuilt from whatever finished, a line added to device.txt naming the GPU and
+# what the call did. Run it again to resume: finished runs are kept and skipped.
 #
 #   bash scripts/reproduce_gpu.sh [LIMIT_S=600] [more scripts/reproduce.py options]
 #
@@ -40,7 +40,8 @@ if [ $rc -ne 0 ]; then  # stopped (or failed): a report on the runs that finishe
   $PY scripts/reproduce.py --preset gpu --report_only --output_dir "$DIR" "${args[@]}" >/dev/null; say "report exit $?"
 fi
 mkdir -p "$DIR"
-{ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || echo "no nvidia-smi";
-  echo "MPS $MPS; sweep exit $rc (137: stopped at the $LIMIT s limit); $(( $(date +%s) - START )) s in all"; } > "$DIR/device.txt"
+# one line per call, appended: a sweep resumed over several calls (or machines) keeps the record of each
+GPU=$(command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | paste -sd ';' || echo "no nvidia-smi")
+echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) reproduce_gpu.sh $LIMIT ${args[*]}: $GPU; MPS $MPS; sweep exit $rc (137: stopped at the $LIMIT s limit); $(ls "$DIR/runs" 2>/dev/null | wc -l) run files; $(( $(date +%s) - START )) s in all" >> "$DIR/device.txt"
 [ "$MPS" = on ] && echo quit | nvidia-cuda-mps-control
 exit $rc

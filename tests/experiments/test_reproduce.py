@@ -374,3 +374,50 @@ def test_text_rows_mark_the_seeds_the_bootstrap_calls_significant():
     table = markdown_table(rows)
     assert "marked * differ at p < 0.05" in table
     assert "| -3.00*, +0.50 (-1.25 ± 2.47) |" in table
+
+
+def _fake_python(tmp_path: Path, sweep: str) -> Path:
+    """A stand-in for ``python`` under scripts/reproduce_gpu.sh: records each call; the sweep runs ``sweep``."""
+    fake = tmp_path / "fake-python"
+    fake.write_text(f"""#!/bin/bash
+echo "$*" >> {tmp_path}/calls
+case "$*" in *--report_only*) exit 0;; esac
+mkdir -p {tmp_path}/out/runs && touch {tmp_path}/out/runs/run-$RANDOM.json
+{sweep}
+""")
+    fake.chmod(0o755)
+    return fake
+
+
+def _reproduce_gpu(tmp_path: Path, fake: Path, *args: str):
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHON": str(fake), "PATH": "/usr/bin:/bin"}  # no nvidia-smi, no MPS daemon
+    return subprocess.run(["bash", str(REPO_ROOT / "scripts" / "reproduce_gpu.sh"), *args, "--output_dir",
+                           str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_reproduce_gpu_refuses_a_limit_that_is_not_seconds(tmp_path):
+    fake = _fake_python(tmp_path, "exit 0")
+    done = _reproduce_gpu(tmp_path, fake, "10m")
+    assert done.returncode == 2 and "LIMIT_S" in done.stderr and "10m" in done.stderr
+    assert not (tmp_path / "calls").exists()
+
+
+def test_reproduce_gpu_stops_the_sweep_at_its_limit_reports_and_keeps_every_calls_record(tmp_path):
+    fake = _fake_python(tmp_path, "sleep 30 & wait")  # a sweep (with a child, like its workers) that outlives the limit
+    stopped = _reproduce_gpu(tmp_path, fake, "2")  # at least 1 s: time for the fake to write
+    assert stopped.returncode == 137, stopped.stdout + stopped.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len(calls) == 2 and "--report_only" not in calls[0] and "--report_only" in calls[1]  # the report after
+    assert "--preset gpu" in calls[0] and str(tmp_path / "out") in calls[0]
+
+    finished = _reproduce_gpu(tmp_path, _fake_python(tmp_path, "exit 0"), "20")  # resumed: the sweep finishes
+    assert finished.returncode == 0
+    assert len((tmp_path / "calls").read_text().splitlines()) == 3  # no report call: the sweep wrote its own
+    lines = (tmp_path / "out" / "device.txt").read_text().splitlines()
+    assert len(lines) == 2, lines  # the first call's record is kept
+    assert "reproduce_gpu.sh 2 " in lines[0] and "sweep exit 137" in lines[0] and "1 run files" in lines[0]
+    assert "reproduce_gpu.sh 20 " in lines[1] and "sweep exit 0" in lines[1] and "2 run files" in lines[1]
+    assert all("no nvidia-smi; MPS off" in line for line in lines)
