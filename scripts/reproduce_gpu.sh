@@ -32,16 +32,16 @@ say "MPS $MPS; the sweep starts, limit $LIMIT s"
 setsid $PY scripts/reproduce.py --preset gpu --output_dir "$DIR" "${args[@]}" & pid=$!
 SECONDS=0
 while kill -0 $pid 2>/dev/null && [ $SECONDS -lt "$LIMIT" ]; do sleep 1; done
-kill -KILL -- -$pid 2>/dev/null
+STOPPED=""; kill -0 $pid 2>/dev/null && STOPPED=" (stopped at the $LIMIT s limit)"
+kill -KILL -- -$pid 2>/dev/null  # the sweep at the limit, or the workers a failed one left behind
 wait $pid; rc=$?
-kill -KILL -- -$pid 2>/dev/null  # workers a failed sweep left behind
-say "sweep exit $rc"
+say "sweep exit $rc$STOPPED"
 if [ $rc -ne 0 ]; then  # stopped (or failed): a report on the runs that finished
   $PY scripts/reproduce.py --preset gpu --report_only --output_dir "$DIR" "${args[@]}" >/dev/null; say "report exit $?"
 fi
 mkdir -p "$DIR"
 # one line per call, appended: a sweep resumed over several calls (or machines) keeps the record of each
 GPU=$(command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | paste -sd ';' || echo "no nvidia-smi")
-echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) reproduce_gpu.sh $LIMIT ${args[*]}: $GPU; MPS $MPS; sweep exit $rc (137: stopped at the $LIMIT s limit); $(ls "$DIR/runs" 2>/dev/null | wc -l) run files; $(( $(date +%s) - START )) s in all" >> "$DIR/device.txt"
+echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) reproduce_gpu.sh $LIMIT ${args[*]}: $GPU; MPS $MPS; sweep exit $rc$STOPPED; $(ls "$DIR/runs" 2>/dev/null | wc -l) run files; $(( $(date +%s) - START )) s in all" >> "$DIR/device.txt"
 [ "$MPS" = on ] && echo quit | nvidia-cuda-mps-control
 exit $rc

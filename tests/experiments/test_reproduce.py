@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -382,17 +384,14 @@ def _fake_python(tmp_path: Path, sweep: str) -> Path:
     fake.write_text(f"""#!/bin/bash
 echo "$*" >> {tmp_path}/calls
 case "$*" in *--report_only*) exit 0;; esac
-mkdir -p {tmp_path}/out/runs && touch {tmp_path}/out/runs/run-$RANDOM.json
+mkdir -p {tmp_path}/out/runs && mktemp -p {tmp_path}/out/runs run-XXXXXX.json >/dev/null
 {sweep}
 """)
     fake.chmod(0o755)
     return fake
 
 
-def _reproduce_gpu(tmp_path: Path, fake: Path, *args: str):
-    import os
-    import subprocess
-
+def _reproduce_gpu(tmp_path: Path, fake: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": str(fake), "PATH": "/usr/bin:/bin"}  # no nvidia-smi, no MPS daemon
     return subprocess.run(["bash", str(REPO_ROOT / "scripts" / "reproduce_gpu.sh"), *args, "--output_dir",
                            str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60)
@@ -418,6 +417,7 @@ def test_reproduce_gpu_stops_the_sweep_at_its_limit_reports_and_keeps_every_call
     assert len((tmp_path / "calls").read_text().splitlines()) == 3  # no report call: the sweep wrote its own
     lines = (tmp_path / "out" / "device.txt").read_text().splitlines()
     assert len(lines) == 2, lines  # the first call's record is kept
-    assert "reproduce_gpu.sh 2 " in lines[0] and "sweep exit 137" in lines[0] and "1 run files" in lines[0]
-    assert "reproduce_gpu.sh 20 " in lines[1] and "sweep exit 0" in lines[1] and "2 run files" in lines[1]
+    assert "reproduce_gpu.sh 2 " in lines[0] and "sweep exit 137 (stopped at the 2 s limit)" in lines[0]
+    assert "1 run files" in lines[0]
+    assert "reproduce_gpu.sh 20 " in lines[1] and "sweep exit 0;" in lines[1] and "2 run files" in lines[1]
     assert all("no nvidia-smi; MPS off" in line for line in lines)
