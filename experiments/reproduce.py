@@ -453,12 +453,18 @@ def _worker_run(spec_dict: Mapping[str, Any], out_dir: str) -> dict[str, Any]:
     return _run_and_save(_WORKER["context"].train, spec, Path(out_dir))
 
 
-def _worker_gradients(tasks: Sequence[str], out_dir: str) -> dict[str, Any]:
-    """The gradient analysis in a side process, beside the sweep's workers; saved as soon as it is done."""
-    analysis = gradient_analysis(_WORKER["context"].preset, _WORKER["context"], tasks=tasks,
-                                 log=lambda message: print(f"[gradients] {message}", file=sys.stderr, flush=True))
-    _save_json(Path(out_dir) / GRADIENTS_FILE, analysis)
+def _measure_gradients(context: ReproduceContext, tasks: Sequence[str], log: Callable[[str], None]) -> dict[str, Any]:
+    """The gradient analysis of ``context``'s preset, saved in its folder as soon as it is done (a sweep stopped
+    later keeps it)."""
+    analysis = gradient_analysis(context.preset, context, tasks=tasks, log=log)
+    _save_json(context.out_dir / GRADIENTS_FILE, analysis)
     return analysis
+
+
+def _worker_gradients(tasks: Sequence[str]) -> dict[str, Any]:
+    """The gradient analysis in a side process, beside the sweep's workers."""
+    return _measure_gradients(_WORKER["context"], tasks,
+                              lambda message: print(f"[gradients] {message}", file=sys.stderr, flush=True))
 
 
 GRADIENTS_FILE = "gradient_analysis.json"
@@ -1443,7 +1449,7 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
         gradients_pool = concurrent.futures.ProcessPoolExecutor(
             1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
             initargs=(dict(preset), str(out_dir)))
-        gradients_future = gradients_pool.submit(_worker_gradients, list(tasks), str(out_dir))
+        gradients_future = gradients_pool.submit(_worker_gradients, list(tasks))
     if sweeps and "map" in tasks and "map" in preset:
         from .trainability import aggregate_map, map_specs
 
@@ -1485,8 +1491,7 @@ def _reproduce(preset: Mapping[str, Any], out_dir: Path, *, tasks: Sequence[str]
         if report_only:  # reuse the analysis of an earlier run of this folder, if there is one
             analysis = previous.get("gradient_analysis")
         else:
-            analysis = gradient_analysis(preset, context, tasks=tasks, log=log)
-            _save_json(out_dir / GRADIENTS_FILE, analysis)
+            analysis = _measure_gradients(context, tasks, log)
 
     plots: dict[str, str] = {}
     if map_rows:
